@@ -1,0 +1,2 @@
+//! The `redline` command.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Streaming market-data conversion between csv, txt, json, parquet and Arrow IPC.

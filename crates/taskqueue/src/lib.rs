@@ -1,0 +1,1 @@
+//! The Redis task model of redline: key layout, Lua transitions, typed operations.

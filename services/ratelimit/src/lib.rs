@@ -1,0 +1,1 @@
+//! RateLimitService: Redis-backed rate limits over gRPC and Envoy RLS v3.

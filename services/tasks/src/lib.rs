@@ -1,0 +1,1 @@
+//! TaskService: the gRPC front of the redline task queue.

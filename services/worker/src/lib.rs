@@ -1,0 +1,1 @@
+//! Worker processes that run registered redline tasks with leases, retries and timeouts.
