@@ -1,0 +1,154 @@
+//! The Redis key layout of the task queue. Every key is built here and nowhere else.
+//!
+//! All keys start with the namespace, which is a Redis Cluster hash tag (default `{redline}`): every key of
+//! the queue hashes to one slot, so each Lua script may touch every key it needs, including the keys it derives
+//! from task and worker ids (a task id is only known once popped). The price is that one deployment's queue
+//! lives on one shard — the same as every Redis queue's "one queue = one core" limit.
+//!
+//! | Key | Type | Contents |
+//! |---|---|---|
+//! | `{ns}:t:<id>` | HASH | task record (fields in `record.rs`); terminal records carry a TTL |
+//! | `{ns}:q:<queue>:<p>` | LIST | queued task ids of priority `p` (0–9): LPUSH new, RPOP next, RPUSH to the front |
+//! | `{ns}:sched:<queue>` | ZSET | scheduled ids (eta or retry backoff), score = due epoch ms |
+//! | `{ns}:queues` | SET | queue names ever used |
+//! | `{ns}:all` | ZSET | every task id, score = submitted epoch ms (listing index) |
+//! | `{ns}:done` | ZSET | terminal task ids, score = completed epoch ms (cleanup and listing) |
+//! | `{ns}:dead` | ZSET | dead-letter index: failed ids, score = failed epoch ms, capped by count and age |
+//! | `{ns}:idem:<key>` | STRING | idempotency key → task id, with a TTL |
+//! | `{ns}:workers` | ZSET | live worker ids, score = lease expiry epoch ms |
+//! | `{ns}:w:<wid>` | HASH | worker info for ListWorkers, with a TTL |
+//! | `{ns}:w:<wid>:active` | SET | ids of the tasks a worker holds |
+//! | `{ns}:stats:<queue>` | HASH | per-queue counters: running, succeeded, failed, cancelled, retried, recovered |
+//! | `{ns}:stats` | HASH | global counters: stale_completions, lease_expiries |
+//! | `{ns}:types` | HASH | task type name → argument schema JSON, published by workers |
+//!
+//! Pub/sub channels: `{ns}:wake:<queue>` (work arrived), `{ns}:ev:<id>` (a task changed, for WatchTask),
+//! `{ns}:ctl:<wid>` (cancel a running task on that worker).
+
+/// Builds every key and channel name of one namespace.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    ns: String,
+}
+
+/// Number of priority levels; priorities are `0..PRIORITIES`.
+pub const PRIORITIES: u8 = 10;
+
+impl Keys {
+    /// Keys under `namespace`. A namespace without a hash tag is wrapped in one (`redline` → `{redline}`).
+    pub fn new(namespace: &str) -> Self {
+        let ns = if namespace.contains('{') && namespace.contains('}') {
+            namespace.to_owned()
+        } else {
+            format!("{{{namespace}}}")
+        };
+        Self { ns }
+    }
+
+    /// The namespace prefix, passed to every script as `ARGV[1]`.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// A task record.
+    pub fn task(&self, id: &str) -> String {
+        format!("{}:t:{id}", self.ns)
+    }
+
+    /// The list of queued ids of one priority.
+    pub fn queue(&self, queue: &str, priority: u8) -> String {
+        format!("{}:q:{queue}:{priority}", self.ns)
+    }
+
+    /// Scheduled ids of a queue.
+    pub fn scheduled(&self, queue: &str) -> String {
+        format!("{}:sched:{queue}", self.ns)
+    }
+
+    /// Known queue names.
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.ns)
+    }
+
+    /// The listing index of every task.
+    pub fn all(&self) -> String {
+        format!("{}:all", self.ns)
+    }
+
+    /// Terminal tasks by completion time.
+    pub fn done(&self) -> String {
+        format!("{}:done", self.ns)
+    }
+
+    /// The dead-letter index.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.ns)
+    }
+
+    /// An idempotency key.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.ns)
+    }
+
+    /// Live workers and their lease expiry.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.ns)
+    }
+
+    /// A worker's info hash.
+    pub fn worker(&self, worker_id: &str) -> String {
+        format!("{}:w:{worker_id}", self.ns)
+    }
+
+    /// The ids a worker holds.
+    pub fn worker_active(&self, worker_id: &str) -> String {
+        format!("{}:w:{worker_id}:active", self.ns)
+    }
+
+    /// Per-queue counters.
+    pub fn queue_stats(&self, queue: &str) -> String {
+        format!("{}:stats:{queue}", self.ns)
+    }
+
+    /// Global counters.
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.ns)
+    }
+
+    /// Task types published by workers.
+    pub fn task_types(&self) -> String {
+        format!("{}:types", self.ns)
+    }
+
+    /// Channel: work arrived on a queue.
+    pub fn wake_channel(&self, queue: &str) -> String {
+        format!("{}:wake:{queue}", self.ns)
+    }
+
+    /// Channel: a task changed.
+    pub fn event_channel(&self, id: &str) -> String {
+        format!("{}:ev:{id}", self.ns)
+    }
+
+    /// Prefix of event channels, to recover the task id from a message's channel.
+    pub fn event_channel_prefix(&self) -> String {
+        format!("{}:ev:", self.ns)
+    }
+
+    /// Channel: control messages (cancellations) for one worker.
+    pub fn control_channel(&self, worker_id: &str) -> String {
+        format!("{}:ctl:{worker_id}", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_is_always_a_hash_tag() {
+        assert_eq!(Keys::new("redline").task("x"), "{redline}:t:x");
+        assert_eq!(Keys::new("{a}").queue("q", 5), "{a}:q:q:5");
+        assert_eq!(Keys::new("app:{b}").workers(), "app:{b}:workers");
+    }
+}

@@ -1,0 +1,24 @@
+-- Helpers prepended to every script (see scripts.rs). Kept tiny: each script must stay readable on its own.
+--
+-- Every key lives under the namespace prefix NS (ARGV[1]), which carries a Redis Cluster hash tag such as
+-- "{redline}", so every key a script derives from a task or worker id is in the same slot as the keys it
+-- declares in KEYS.
+local NS = ARGV[1]
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function task_key(id) return NS .. ':t:' .. id end
+local function queue_key(q, p) return NS .. ':q:' .. q .. ':' .. p end
+local function sched_key(q) return NS .. ':sched:' .. q end
+local function stats_key(q) return NS .. ':stats:' .. q end
+local function active_key(wid) return NS .. ':w:' .. wid .. ':active' end
+local function worker_key(wid) return NS .. ':w:' .. wid end
+
+-- Tells watchers (WatchTask) that a task changed; they re-read the record. PUBLISH to a channel nobody
+-- listens on costs one dictionary lookup, so this stays on the hot path.
+local function task_event(id, what) redis.call('PUBLISH', NS .. ':ev:' .. id, what) end
+-- Wakes workers blocked waiting for work on a queue.
+local function wake(q) redis.call('PUBLISH', NS .. ':wake:' .. q, '1') end

@@ -1,0 +1,736 @@
+//! [`TaskStore`]: typed operations over the key layout (`keys.rs`) and the scripts (`scripts.rs`).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::clients::WithOptions;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
+use serde_json::Value as Json;
+
+use crate::StoreError;
+use crate::connect::command_options;
+use crate::keys::{Keys, PRIORITIES};
+use crate::model::*;
+use crate::scripts::Scripts;
+
+/// Settings of the queue that every process sharing a namespace must agree on.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Key namespace (a hash tag is added when missing).
+    pub namespace: String,
+    /// How long succeeded and cancelled records are kept (Celery's `result_expires`, 1 day).
+    pub result_ttl: Duration,
+    /// How long failed records stay in the dead-letter index.
+    pub dead_letter_ttl: Duration,
+    /// At most this many tasks in the dead-letter index.
+    pub dead_letter_cap: u64,
+    /// Lifetime of an idempotency key.
+    pub idempotency_ttl: Duration,
+    /// A worker that has not renewed its lease for this long is presumed dead and its tasks are recovered.
+    pub lease: Duration,
+    /// A task recovered more often than this is quarantined as failed (a poison pill).
+    pub max_recoveries: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "redline".to_owned(),
+            result_ttl: Duration::from_secs(86_400),
+            dead_letter_ttl: Duration::from_secs(7 * 86_400),
+            dead_letter_cap: 10_000,
+            idempotency_ttl: Duration::from_secs(86_400),
+            lease: Duration::from_secs(5),
+            max_recoveries: 10,
+        }
+    }
+}
+
+/// The task queue in Redis. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct TaskStore {
+    client: Client,
+    cmd: WithOptions<Client>,
+    keys: Keys,
+    scripts: Scripts,
+    config: QueueConfig,
+}
+
+impl std::fmt::Debug for TaskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskStore")
+            .field("namespace", &self.keys.namespace())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Epoch milliseconds of the local clock. Only used for display-side arithmetic (ages); every stored time
+/// comes from Redis `TIME` inside the scripts, so hosts with skewed clocks agree.
+pub fn local_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+fn protocol(what: &str) -> StoreError {
+    StoreError::Protocol(what.to_owned())
+}
+
+fn text(v: &Value) -> String {
+    v.as_string().unwrap_or_default()
+}
+
+fn int(v: &Value) -> u64 {
+    match v {
+        Value::Integer(i) => (*i).max(0) as u64,
+        other => other.as_u64().unwrap_or(0),
+    }
+}
+
+fn json_or_empty(s: String, empty: Json) -> Json {
+    if s.is_empty() {
+        empty
+    } else {
+        serde_json::from_str(&s).unwrap_or(empty)
+    }
+}
+
+fn compact_json(v: &Json, empty_is: fn(&Json) -> bool) -> String {
+    if empty_is(v) {
+        String::new()
+    } else {
+        v.to_string()
+    }
+}
+
+impl TaskStore {
+    /// A store over an existing client.
+    pub fn new(client: Client, config: QueueConfig) -> Self {
+        let cmd = client.with_options(&command_options());
+        Self {
+            keys: Keys::new(&config.namespace),
+            client,
+            cmd,
+            scripts: Scripts::new(),
+            config,
+        }
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The queue settings.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// The underlying client (for health checks).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Round trip to Redis.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.cmd.ping(None).await?;
+        Ok(())
+    }
+
+    async fn eval(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, StoreError> {
+        match self
+            .cmd
+            .evalsha(script.sha1().clone(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                // Redis restarted or flushed its script cache: load once and run again. EVALSHA that
+                // answered NOSCRIPT did not run, so this cannot apply a transition twice.
+                let lua = script.lua().cloned().unwrap_or_default();
+                let _: String = self.cmd.script_load(lua).await?;
+                Ok(self.cmd.evalsha(script.sha1().clone(), keys, args).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    // === Submitting ===
+
+    /// Enqueues tasks atomically per call. Tasks with a matching idempotency key return the earlier task.
+    pub async fn submit(&self, tasks: &[NewTask]) -> Result<Vec<Submitted>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = Vec::with_capacity(2 + tasks.len() * 13);
+        args.push(self.keys.namespace().to_owned());
+        args.push(tasks.len().to_string());
+        for t in tasks {
+            args.push(t.id.clone());
+            args.push(t.name.clone());
+            args.push(compact_json(&t.args, |v| {
+                v.as_array().is_some_and(Vec::is_empty)
+            }));
+            args.push(compact_json(&t.kwargs, |v| {
+                v.as_object().is_some_and(|m| m.is_empty())
+            }));
+            args.push(t.queue.clone());
+            args.push(t.priority.min(PRIORITIES - 1).to_string());
+            args.push(t.max_retries.to_string());
+            args.push(ms(t.time_limit));
+            args.push(t.countdown.map(ms).unwrap_or_else(|| "0".to_owned()));
+            args.push(t.eta_ms.unwrap_or(0).to_string());
+            args.push(t.idempotency_key.clone().unwrap_or_default());
+            args.push(self.config.idempotency_ttl.as_secs().max(1).to_string());
+            args.push(t.traceparent.clone().unwrap_or_default());
+        }
+        let keys = vec![self.keys.queues(), self.keys.all()];
+        let reply = self.eval(&self.scripts.submit, keys, args).await?;
+        let rows = reply.into_array();
+        rows.into_iter()
+            .map(|row| {
+                let f = row.into_array();
+                let state = f.get(1).map(text).and_then(|s| TaskState::parse(&s));
+                match (f.first(), state) {
+                    (Some(id), Some(state)) => Ok(Submitted {
+                        id: text(id),
+                        state,
+                        duplicate: f.get(2).map(int).unwrap_or(0) == 1,
+                    }),
+                    _ => Err(protocol("submit reply")),
+                }
+            })
+            .collect()
+    }
+
+    // === Reading ===
+
+    /// A task's record, or `None` if it does not exist (never submitted, cleaned up or expired).
+    pub async fn get(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let fields: HashMap<String, String> = self.cmd.hgetall(self.keys.task(id)).await?;
+        Ok(TaskRecord::from_fields(id, &fields))
+    }
+
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<TaskRecord>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self.cmd.pipeline();
+        for id in ids {
+            let _: () = pipe.hgetall(self.keys.task(id)).await?;
+        }
+        let all: Vec<HashMap<String, String>> = pipe.all().await?;
+        Ok(ids
+            .iter()
+            .zip(all.iter())
+            .map(|(id, f)| TaskRecord::from_fields(id, f))
+            .collect())
+    }
+
+    /// Lists tasks newest first. `cursor` is the submission time (ms) and id to continue after.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        limit: usize,
+        cursor: Option<(u64, String)>,
+    ) -> Result<ListPage, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let index = if filter.dead_letter {
+            self.keys.dead()
+        } else {
+            self.keys.all()
+        };
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        let mut max = cursor
+            .as_ref()
+            .map(|(s, _)| s.to_string())
+            .unwrap_or_else(|| "+inf".to_owned());
+        let mut skip_until = cursor.map(|(_, id)| id);
+        // Scan the index in chunks, filtering records; bounded so a very selective filter can't run forever.
+        let mut scanned = 0usize;
+        let chunk = (limit * 2).max(100);
+        let mut next = None;
+        'scan: while scanned < 20_000 {
+            let page: Vec<(String, f64)> = self
+                .cmd
+                .custom(
+                    CustomCommand::new_static("ZREVRANGEBYSCORE", ClusterHash::FirstKey, false),
+                    vec![
+                        index.clone(),
+                        max.clone(),
+                        "-inf".to_owned(),
+                        "WITHSCORES".to_owned(),
+                        "LIMIT".to_owned(),
+                        "0".to_owned(),
+                        chunk.to_string(),
+                    ],
+                )
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+            let records = self.get_many(&ids).await?;
+            let last_score = page.last().map(|(_, s)| *s as u64).unwrap_or(0);
+            for ((id, score), rec) in page.iter().zip(records) {
+                if let Some(skip) = &skip_until {
+                    if id != skip {
+                        continue;
+                    }
+                    skip_until = None;
+                    continue;
+                }
+                scanned += 1;
+                let Some(rec) = rec else {
+                    missing.push(id.clone());
+                    continue;
+                };
+                if filter.matches(&rec) {
+                    out.push(rec);
+                    if out.len() == limit {
+                        next = Some((*score as u64, id.clone()));
+                        break 'scan;
+                    }
+                }
+            }
+            if page.len() < chunk {
+                break;
+            }
+            // Continue from the last score; ids sharing that score are skipped up to the last one seen.
+            max = last_score.to_string();
+            skip_until = page.last().map(|(id, _)| id.clone());
+        }
+        if !missing.is_empty() {
+            // Index entries whose record expired: drop them so later listings skip the lookup.
+            let _: u64 = self.cmd.zrem(&index, missing).await?;
+        }
+        Ok(ListPage { tasks: out, next })
+    }
+
+    /// Counts per queue and totals.
+    pub async fn stats(&self) -> Result<QueueStats, StoreError> {
+        let mut queues: Vec<String> = self.cmd.smembers(self.keys.queues()).await?;
+        queues.sort();
+        let pipe = self.cmd.pipeline();
+        for q in &queues {
+            for p in 0..PRIORITIES {
+                let _: () = pipe.llen(self.keys.queue(q, p)).await?;
+            }
+            let _: () = pipe.zcard(self.keys.scheduled(q)).await?;
+            let _: () = pipe.hgetall(self.keys.queue_stats(q)).await?;
+            for p in 0..PRIORITIES {
+                let _: () = pipe.lindex(self.keys.queue(q, p), -1).await?;
+            }
+        }
+        let _: () = pipe.zcard(self.keys.workers()).await?;
+        let _: () = pipe.zcard(self.keys.dead()).await?;
+        let _: () = pipe.hgetall(self.keys.stats()).await?;
+        let replies: Vec<Value> = pipe.all().await?;
+        let mut it = replies.into_iter();
+        let mut next = || it.next().ok_or_else(|| protocol("stats reply"));
+        let now = local_now_ms();
+        let mut stats = QueueStats::default();
+        let mut oldest_ids = Vec::new();
+        for q in &queues {
+            let mut c = QueueCounts {
+                queue: q.clone(),
+                ..Default::default()
+            };
+            for _ in 0..PRIORITIES {
+                c.queued += int(&next()?);
+            }
+            c.scheduled = int(&next()?);
+            let counters: HashMap<String, i64> = next()?.convert().unwrap_or_default();
+            let get = |k: &str| counters.get(k).copied().unwrap_or(0).max(0) as u64;
+            c.running = get("running");
+            c.succeeded = get("succeeded");
+            c.failed = get("failed");
+            c.cancelled = get("cancelled");
+            c.retried = get("retried");
+            c.recovered = get("recovered");
+            let heads: Vec<String> = (0..PRIORITIES)
+                .filter_map(|_| next().ok().and_then(|v| v.as_string()))
+                .collect();
+            oldest_ids.push(heads);
+            stats.queues.push(c);
+        }
+        stats.workers = int(&next()?);
+        stats.dead_letter = int(&next()?);
+        let global: HashMap<String, i64> = next()?.convert().unwrap_or_default();
+        stats.stale_completions =
+            global.get("stale_completions").copied().unwrap_or(0).max(0) as u64;
+        stats.lease_expiries = global.get("lease_expiries").copied().unwrap_or(0).max(0) as u64;
+
+        // The oldest queued task of a queue is the tail of one of its priority lists.
+        for (c, heads) in stats.queues.iter_mut().zip(oldest_ids) {
+            if heads.is_empty() {
+                continue;
+            }
+            let pipe = self.cmd.pipeline();
+            for id in &heads {
+                let _: () = pipe.hget(self.keys.task(id), "submitted").await?;
+            }
+            let times: Vec<Option<u64>> = pipe.all().await?;
+            c.oldest_queued_age = times
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| Duration::from_millis(now.saturating_sub(t)));
+        }
+        Ok(stats)
+    }
+
+    /// Live workers, with the tasks each holds.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let ids: Vec<String> = self
+            .cmd
+            .zrange(self.keys.workers(), 0, -1, None, false, None, false)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let f: HashMap<String, String> = self.cmd.hgetall(self.keys.worker(&id)).await?;
+            let mut active: Vec<String> = self.cmd.smembers(self.keys.worker_active(&id)).await?;
+            active.sort();
+            let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            out.push(WorkerInfo {
+                hostname: f.get("hostname").cloned().unwrap_or_default(),
+                queues: f
+                    .get("queues")
+                    .map(|q| {
+                        q.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                concurrency: num("concurrency") as u32,
+                active,
+                started_ms: num("started"),
+                last_heartbeat_ms: num("last_heartbeat"),
+                processed: num("processed"),
+                failed: num("failed"),
+                pid: num("pid") as u32,
+                version: f.get("version").cloned().unwrap_or_default(),
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Task type schemas published by workers (name → JSON).
+    pub async fn published_task_types(&self) -> Result<HashMap<String, String>, StoreError> {
+        Ok(self.cmd.hgetall(self.keys.task_types()).await?)
+    }
+
+    /// Publishes task type schemas (name → JSON).
+    pub async fn publish_task_types(&self, types: Vec<(String, String)>) -> Result<(), StoreError> {
+        if types.is_empty() {
+            return Ok(());
+        }
+        let _: () = self.cmd.hset(self.keys.task_types(), types).await?;
+        Ok(())
+    }
+
+    // === Control ===
+
+    /// Cancels a task.
+    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
+        let reply = self
+            .eval(
+                &self.scripts.cancel,
+                vec![self.keys.task(id), self.keys.done()],
+                vec![
+                    self.keys.namespace().to_owned(),
+                    id.to_owned(),
+                    self.config.result_ttl.as_secs().max(1).to_string(),
+                ],
+            )
+            .await?;
+        let f = reply.into_array();
+        let what = f.first().map(text).unwrap_or_default();
+        let state = f.get(1).map(text).and_then(|s| TaskState::parse(&s));
+        Ok(match (what.as_str(), state) {
+            ("cancelled", _) => CancelOutcome::Cancelled,
+            ("requested", _) => CancelOutcome::Requested,
+            ("terminal", Some(s)) => CancelOutcome::AlreadyEnded(s),
+            ("missing", _) => CancelOutcome::NotFound,
+            _ => return Err(protocol("cancel reply")),
+        })
+    }
+
+    /// Requeues a failed or cancelled task with a fresh retry budget.
+    pub async fn retry(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        let reply = self
+            .eval(
+                &self.scripts.retry,
+                vec![self.keys.task(id), self.keys.dead(), self.keys.done()],
+                vec![self.keys.namespace().to_owned(), id.to_owned()],
+            )
+            .await?;
+        let f = reply.into_array();
+        let what = f.first().map(text).unwrap_or_default();
+        let state = f.get(1).map(text).and_then(|s| TaskState::parse(&s));
+        Ok(match (what.as_str(), state) {
+            ("queued", _) => RetryOutcome::Requeued,
+            ("invalid", Some(s)) => RetryOutcome::NotRetryable(s),
+            ("missing", _) => RetryOutcome::NotFound,
+            _ => return Err(protocol("retry reply")),
+        })
+    }
+
+    /// Deletes finished tasks that ended before `cutoff_ms`. Returns how many were deleted.
+    pub async fn cleanup(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        const BATCH: u64 = 500;
+        let mut total = 0;
+        loop {
+            let reply = self
+                .eval(
+                    &self.scripts.cleanup,
+                    vec![self.keys.done(), self.keys.dead(), self.keys.all()],
+                    vec![
+                        self.keys.namespace().to_owned(),
+                        cutoff_ms.to_string(),
+                        BATCH.to_string(),
+                    ],
+                )
+                .await?;
+            let n = int(&reply);
+            total += n;
+            if n < BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    // === Workers ===
+
+    /// Registers a worker (or renews / removes it). Returns false when renewing a lease that was lost.
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        mode: HeartbeatMode,
+        info: &[(&str, String)],
+    ) -> Result<bool, StoreError> {
+        let mut args = vec![
+            self.keys.namespace().to_owned(),
+            worker_id.to_owned(),
+            mode.as_str().to_owned(),
+            ms(self.config.lease),
+            // Info outlives the lease a little so ListWorkers can show a worker until it is reaped.
+            (self.config.lease.as_secs() * 3 + 5).to_string(),
+        ];
+        for (k, v) in info {
+            args.push((*k).to_owned());
+            args.push(v.clone());
+        }
+        let reply = self
+            .eval(
+                &self.scripts.heartbeat,
+                vec![self.keys.workers(), self.keys.worker(worker_id)],
+                args,
+            )
+            .await?;
+        Ok(int(&reply) == 1)
+    }
+
+    /// Takes up to `max` tasks from `queues` for `worker_id`.
+    pub async fn claim(
+        &self,
+        worker_id: &str,
+        queues: &[String],
+        max: usize,
+    ) -> Result<Claim, StoreError> {
+        let mut args = vec![
+            self.keys.namespace().to_owned(),
+            worker_id.to_owned(),
+            max.to_string(),
+            ms(self.config.lease),
+            self.config.max_recoveries.to_string(),
+            self.config.result_ttl.as_secs().max(1).to_string(),
+            self.config.dead_letter_ttl.as_secs().max(1).to_string(),
+        ];
+        args.extend(queues.iter().cloned());
+        let keys = vec![
+            self.keys.workers(),
+            self.keys.worker_active(worker_id),
+            self.keys.stats(),
+        ];
+        let reply = self
+            .eval(&self.scripts.claim, keys, args)
+            .await?
+            .into_array();
+        let status = reply.first().map(|v| match v {
+            Value::Integer(i) => *i,
+            other => other.as_i64().unwrap_or(0),
+        });
+        if status == Some(-1) {
+            return Ok(Claim::LeaseLost);
+        }
+        let next_wake = match reply.get(1) {
+            Some(Value::Integer(d)) if *d >= 0 => Some(Duration::from_millis(*d as u64)),
+            _ => None,
+        };
+        let n = reply.get(2).map(int).unwrap_or(0) as usize;
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            let b = 3 + i * 12;
+            let f = reply
+                .get(b..b + 12)
+                .ok_or_else(|| protocol("claim reply"))?;
+            tasks.push(ClaimedTask {
+                id: text(&f[0]),
+                fence: int(&f[1]),
+                name: text(&f[2]),
+                args: json_or_empty(text(&f[3]), Json::Array(Vec::new())),
+                kwargs: json_or_empty(text(&f[4]), Json::Object(serde_json::Map::new())),
+                attempt: int(&f[5]) as u32,
+                retries: text(&f[6]).parse().unwrap_or(0),
+                max_retries: text(&f[7]).parse().unwrap_or(0),
+                time_limit: Duration::from_millis(text(&f[8]).parse().unwrap_or(0)),
+                traceparent: Some(text(&f[9])).filter(|s| !s.is_empty()),
+                queue: text(&f[10]),
+                submitted_ms: text(&f[11]).parse().unwrap_or(0),
+            });
+        }
+        Ok(Claim::Tasks { tasks, next_wake })
+    }
+
+    /// Records attempt outcomes for `worker_id`, fenced. Returns one result per completion, in order.
+    pub async fn complete(
+        &self,
+        worker_id: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<Completed>, StoreError> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![
+            self.keys.namespace().to_owned(),
+            worker_id.to_owned(),
+            self.config.result_ttl.as_secs().max(1).to_string(),
+            self.config.dead_letter_ttl.as_secs().max(1).to_string(),
+            self.config.dead_letter_cap.to_string(),
+            completions.len().to_string(),
+        ];
+        for c in completions {
+            args.push(c.id.clone());
+            args.push(c.fence.to_string());
+            let (kind, payload, delay) = match &c.outcome {
+                Outcome::Succeeded(v) => ("ok", v.to_string(), Duration::ZERO),
+                Outcome::Retry { error, delay } => ("retry", error.clone(), *delay),
+                Outcome::Failed(e) => ("fail", e.clone(), Duration::ZERO),
+                Outcome::Cancelled(e) => ("cancelled", e.clone(), Duration::ZERO),
+                Outcome::Requeue => ("requeue", String::new(), Duration::ZERO),
+            };
+            args.push(kind.to_owned());
+            args.push(payload);
+            args.push(ms(delay));
+        }
+        let keys = vec![
+            self.keys.worker_active(worker_id),
+            self.keys.dead(),
+            self.keys.done(),
+            self.keys.stats(),
+        ];
+        let reply = self.eval(&self.scripts.complete, keys, args).await?;
+        reply
+            .into_array()
+            .iter()
+            .map(|v| {
+                let s = text(v);
+                if s == "stale" {
+                    Ok(Completed::Stale)
+                } else {
+                    TaskState::parse(&s)
+                        .map(Completed::Applied)
+                        .ok_or_else(|| protocol("complete reply"))
+                }
+            })
+            .collect()
+    }
+
+    /// Stores progress of a running attempt. Returns false if the attempt is no longer current.
+    pub async fn progress(
+        &self,
+        id: &str,
+        fence: u64,
+        progress: &Json,
+    ) -> Result<bool, StoreError> {
+        let reply = self
+            .eval(
+                &self.scripts.progress,
+                vec![self.keys.task(id)],
+                vec![
+                    self.keys.namespace().to_owned(),
+                    id.to_owned(),
+                    fence.to_string(),
+                    progress.to_string(),
+                ],
+            )
+            .await?;
+        Ok(int(&reply) == 1)
+    }
+}
+
+/// How [`TaskStore::heartbeat`] treats the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatMode {
+    /// First registration (or again after a lost lease).
+    Register,
+    /// Renew the lease; fails if it was lost.
+    Renew,
+    /// Leave cleanly.
+    Leave,
+}
+
+impl HeartbeatMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Renew => "renew",
+            Self::Leave => "leave",
+        }
+    }
+}
+
+/// Filter of [`TaskStore::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only these states (empty = all).
+    pub states: Vec<TaskState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this task type.
+    pub name: Option<String>,
+    /// Scan the dead-letter index instead of all tasks.
+    pub dead_letter: bool,
+}
+
+impl ListFilter {
+    fn matches(&self, r: &TaskRecord) -> bool {
+        (self.states.is_empty() || self.states.contains(&r.state))
+            && self.queue.as_ref().is_none_or(|q| *q == r.queue)
+            && self.name.as_ref().is_none_or(|n| *n == r.name)
+    }
+}
+
+/// One page of [`TaskStore::list`].
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// Matching tasks, newest first.
+    pub tasks: Vec<TaskRecord>,
+    /// Cursor of the next page.
+    pub next: Option<(u64, String)>,
+}

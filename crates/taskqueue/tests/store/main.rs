@@ -1,0 +1,657 @@
+//! The task store against a real, private redis-server: every transition, including the races.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use redline_taskqueue::connect::{self, RedisOptions};
+use redline_taskqueue::testing::RedisServer;
+use redline_taskqueue::*;
+use serde_json::json;
+
+struct Fixture {
+    _redis: RedisServer,
+    store: TaskStore,
+}
+
+async fn fixture_with(config: QueueConfig) -> Fixture {
+    let redis = RedisServer::start();
+    let client = connect::client(&redis.url(), &RedisOptions::default()).expect("client");
+    client.wait_for_connect().await.expect("connect");
+    let store = TaskStore::new(client, config);
+    Fixture {
+        _redis: redis,
+        store,
+    }
+}
+
+async fn fixture() -> Fixture {
+    fixture_with(QueueConfig::default()).await
+}
+
+fn q() -> Vec<String> {
+    vec![DEFAULT_QUEUE.to_owned()]
+}
+
+async fn submit_one(store: &TaskStore, task: NewTask) -> Submitted {
+    store.submit(&[task]).await.expect("submit").remove(0)
+}
+
+async fn register(store: &TaskStore, wid: &str) {
+    assert!(
+        store
+            .heartbeat(
+                wid,
+                HeartbeatMode::Register,
+                &[("queues", DEFAULT_QUEUE.to_owned())]
+            )
+            .await
+            .expect("register")
+    );
+}
+
+async fn claim(store: &TaskStore, wid: &str, max: usize) -> Vec<ClaimedTask> {
+    match store.claim(wid, &q(), max).await.expect("claim") {
+        Claim::Tasks { tasks, .. } => tasks,
+        Claim::LeaseLost => panic!("lease lost"),
+    }
+}
+
+#[tokio::test]
+async fn submit_then_get_and_unknown_ids_are_absent() {
+    let f = fixture().await;
+    let mut t = NewTask::new("redline.echo", DEFAULT_QUEUE);
+    t.kwargs = json!({"x": 1});
+    let s = submit_one(&f.store, t.clone()).await;
+    assert_eq!(
+        s,
+        Submitted {
+            id: t.id.clone(),
+            state: TaskState::Queued,
+            duplicate: false
+        }
+    );
+    let rec = f.store.get(&t.id).await.expect("get").expect("exists");
+    assert_eq!(rec.state, TaskState::Queued);
+    assert_eq!(rec.kwargs, json!({"x": 1}));
+    assert_eq!(rec.priority, 5);
+    assert_eq!(rec.max_retries, 3);
+    assert!(rec.submitted_ms > 0);
+    assert_eq!(f.store.get("no-such-task").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn claim_then_complete_records_the_result() {
+    let f = fixture().await;
+    register(&f.store, "w1").await;
+    let t = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    submit_one(&f.store, t.clone()).await;
+    let claimed = claim(&f.store, "w1", 10).await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].attempt, claimed[0].fence), (1, 1));
+    let rec = f.store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.worker_id.as_deref()),
+        (TaskState::Running, Some("w1"))
+    );
+
+    let done = f
+        .store
+        .complete(
+            "w1",
+            &[Completion {
+                id: t.id.clone(),
+                fence: 1,
+                outcome: Outcome::Succeeded(json!({"ok": true})),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, vec![Completed::Applied(TaskState::Succeeded)]);
+    let rec = f.store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!(rec.state, TaskState::Succeeded);
+    assert_eq!(rec.result, Some(json!({"ok": true})));
+    assert!(rec.completed_ms.is_some());
+    let ttl: i64 = f
+        .store
+        .client()
+        .ttl(f.store.keys().task(&t.id))
+        .await
+        .unwrap();
+    assert!(ttl > 86_000 && ttl <= 86_400, "result ttl {ttl}");
+    // A second completion of the same attempt is stale, not a second success.
+    let again = f
+        .store
+        .complete(
+            "w1",
+            &[Completion {
+                id: t.id.clone(),
+                fence: 1,
+                outcome: Outcome::Failed("late".into()),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Completed::Stale]);
+}
+
+#[tokio::test]
+async fn two_workers_competing_for_one_task_exactly_one_gets_it() {
+    let f = fixture().await;
+    for round in 0..50 {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        register(&f.store, &a).await;
+        register(&f.store, &b).await;
+        submit_one(&f.store, NewTask::new("redline.noop", DEFAULT_QUEUE)).await;
+        let (ta, tb) = tokio::join!(claim(&f.store, &a, 1), claim(&f.store, &b, 1));
+        assert_eq!(ta.len() + tb.len(), 1, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_lost_lease_recovers_the_task_and_rejects_the_late_completion() {
+    let f = fixture_with(QueueConfig {
+        lease: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    register(&f.store, "slow").await;
+    let t = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    submit_one(&f.store, t.clone()).await;
+    let first = claim(&f.store, "slow", 1).await;
+    assert_eq!(first[0].fence, 1);
+
+    // "slow" stops heartbeating; after its lease, another worker's claim recovers the task.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    register(&f.store, "fast").await;
+    let second = claim(&f.store, "fast", 1).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        (second[0].id.as_str(), second[0].fence, second[0].attempt),
+        (t.id.as_str(), 2, 2)
+    );
+    let rec = f.store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!(rec.recoveries, 1);
+    assert_eq!(rec.retries, 0, "a lost lease does not use the retry budget");
+
+    // The first worker finally finishes: rejected, and counted.
+    let late = f
+        .store
+        .complete(
+            "slow",
+            &[Completion {
+                id: t.id.clone(),
+                fence: 1,
+                outcome: Outcome::Succeeded(json!("old")),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(late, vec![Completed::Stale]);
+    assert!(
+        !f.store
+            .heartbeat("slow", HeartbeatMode::Renew, &[])
+            .await
+            .unwrap(),
+        "lost lease is reported"
+    );
+    assert_eq!(
+        f.store.claim("slow", &q(), 1).await.unwrap(),
+        Claim::LeaseLost
+    );
+
+    let ok = f
+        .store
+        .complete(
+            "fast",
+            &[Completion {
+                id: t.id.clone(),
+                fence: 2,
+                outcome: Outcome::Succeeded(json!("new")),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, vec![Completed::Applied(TaskState::Succeeded)]);
+    assert_eq!(
+        f.store.get(&t.id).await.unwrap().unwrap().result,
+        Some(json!("new"))
+    );
+    let stats = f.store.stats().await.unwrap();
+    assert_eq!(stats.stale_completions, 1);
+    assert_eq!(stats.lease_expiries, 1);
+    assert_eq!(stats.queues[0].recovered, 1);
+    assert_eq!(stats.queues[0].running, 0);
+}
+
+#[tokio::test]
+async fn retries_exhausted_fail_into_dead_letter_then_retry_task_succeeds() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let mut t = NewTask::new("redline.fail", DEFAULT_QUEUE);
+    t.max_retries = 2;
+    submit_one(&f.store, t.clone()).await;
+    for attempt in 1..=3u32 {
+        let c = claim(&f.store, "w", 1).await;
+        assert_eq!(c.len(), 1, "attempt {attempt}");
+        assert_eq!(c[0].attempt, attempt);
+        let r = f
+            .store
+            .complete(
+                "w",
+                &[Completion {
+                    id: t.id.clone(),
+                    fence: c[0].fence,
+                    outcome: Outcome::Retry {
+                        error: format!("boom {attempt}"),
+                        delay: Duration::ZERO,
+                    },
+                }],
+            )
+            .await
+            .unwrap();
+        let expected = if attempt < 3 {
+            TaskState::Scheduled
+        } else {
+            TaskState::Failed
+        };
+        assert_eq!(r, vec![Completed::Applied(expected)]);
+    }
+    let rec = f.store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.error.as_deref(), rec.retries),
+        (TaskState::Failed, Some("boom 3"), 2)
+    );
+    let dead = f
+        .store
+        .list(
+            &ListFilter {
+                dead_letter: true,
+                ..Default::default()
+            },
+            10,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec![t.id.as_str()]
+    );
+
+    assert_eq!(f.store.retry(&t.id).await.unwrap(), RetryOutcome::Requeued);
+    assert_eq!(
+        f.store.retry(&t.id).await.unwrap(),
+        RetryOutcome::NotRetryable(TaskState::Queued)
+    );
+    let c = claim(&f.store, "w", 1).await;
+    let r = f
+        .store
+        .complete(
+            "w",
+            &[Completion {
+                id: t.id.clone(),
+                fence: c[0].fence,
+                outcome: Outcome::Succeeded(json!(1)),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Completed::Applied(TaskState::Succeeded)]);
+    let dead = f
+        .store
+        .list(
+            &ListFilter {
+                dead_letter: true,
+                ..Default::default()
+            },
+            10,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(dead.tasks.is_empty());
+    assert_eq!(f.store.retry("nope").await.unwrap(), RetryOutcome::NotFound);
+}
+
+#[tokio::test]
+async fn non_retryable_errors_fail_at_once() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let t = NewTask::new("redline.fail", DEFAULT_QUEUE);
+    submit_one(&f.store, t.clone()).await;
+    let c = claim(&f.store, "w", 1).await;
+    let r = f
+        .store
+        .complete(
+            "w",
+            &[Completion {
+                id: t.id.clone(),
+                fence: c[0].fence,
+                outcome: Outcome::Failed("bad input".into()),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Completed::Applied(TaskState::Failed)]);
+}
+
+#[tokio::test]
+async fn idempotent_resubmit_returns_the_original_task() {
+    let f = fixture().await;
+    let mut a = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    a.idempotency_key = Some("order-42".into());
+    let mut b = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    b.idempotency_key = Some("order-42".into());
+    let first = submit_one(&f.store, a.clone()).await;
+    let second = submit_one(&f.store, b.clone()).await;
+    assert!(!first.duplicate);
+    assert_eq!(
+        second,
+        Submitted {
+            id: a.id.clone(),
+            state: TaskState::Queued,
+            duplicate: true
+        }
+    );
+    assert_eq!(f.store.get(&b.id).await.unwrap(), None);
+    // Within one batch too.
+    let mut c = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    c.idempotency_key = Some("k2".into());
+    let mut d = c.clone();
+    d.id = "other".into();
+    let both = f.store.submit(&[c.clone(), d]).await.unwrap();
+    assert_eq!(
+        (both[1].id.as_str(), both[1].duplicate),
+        (c.id.as_str(), true)
+    );
+}
+
+#[tokio::test]
+async fn eta_tasks_wait_in_redis_and_start_in_due_order() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let mut ids = Vec::new();
+    for delay in [300u64, 100, 200] {
+        let mut t = NewTask::new("redline.noop", DEFAULT_QUEUE);
+        t.countdown = Some(Duration::from_millis(delay));
+        assert_eq!(
+            submit_one(&f.store, t.clone()).await.state,
+            TaskState::Scheduled
+        );
+        ids.push((delay, t.id));
+    }
+    ids.sort();
+    match f.store.claim("w", &q(), 10).await.unwrap() {
+        Claim::Tasks { tasks, next_wake } => {
+            assert!(tasks.is_empty());
+            let wake = next_wake.expect("a wake-up time");
+            assert!(
+                wake <= Duration::from_millis(100) && wake >= Duration::from_millis(50),
+                "{wake:?}"
+            );
+        }
+        Claim::LeaseLost => panic!(),
+    }
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let claimed: Vec<String> = claim(&f.store, "w", 10)
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let expected: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(claimed, expected);
+}
+
+#[tokio::test]
+async fn higher_priority_runs_first_and_fifo_within_a_priority() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let mut order = Vec::new();
+    for (i, prio) in [1u8, 9, 5, 9, 1].into_iter().enumerate() {
+        let mut t = NewTask::new("redline.noop", DEFAULT_QUEUE);
+        t.priority = prio;
+        t.id = format!("t{i}-p{prio}");
+        order.push(t.clone());
+        submit_one(&f.store, t).await;
+    }
+    let claimed: Vec<String> = claim(&f.store, "w", 10)
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(claimed, ["t1-p9", "t3-p9", "t2-p5", "t0-p1", "t4-p1"]);
+}
+
+#[tokio::test]
+async fn cancel_in_every_state() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let queued = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    submit_one(&f.store, queued.clone()).await;
+    assert_eq!(
+        f.store.cancel(&queued.id).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        f.store.get(&queued.id).await.unwrap().unwrap().state,
+        TaskState::Cancelled
+    );
+
+    let mut scheduled = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    scheduled.countdown = Some(Duration::from_secs(60));
+    submit_one(&f.store, scheduled.clone()).await;
+    assert_eq!(
+        f.store.cancel(&scheduled.id).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(f.store.stats().await.unwrap().queues[0].scheduled, 0);
+
+    // Nothing cancelled is ever claimed.
+    assert!(claim(&f.store, "w", 10).await.is_empty());
+
+    let running = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    submit_one(&f.store, running.clone()).await;
+    let c = claim(&f.store, "w", 1).await;
+    assert_eq!(
+        f.store.cancel(&running.id).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    assert!(
+        f.store
+            .get(&running.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .cancel_requested
+    );
+    let r = f
+        .store
+        .complete(
+            "w",
+            &[Completion {
+                id: running.id.clone(),
+                fence: c[0].fence,
+                outcome: Outcome::Cancelled("cancelled".into()),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Completed::Applied(TaskState::Cancelled)]);
+    assert_eq!(
+        f.store.cancel(&running.id).await.unwrap(),
+        CancelOutcome::AlreadyEnded(TaskState::Cancelled)
+    );
+    assert_eq!(
+        f.store.cancel("missing").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+}
+
+#[tokio::test]
+async fn shutdown_requeue_does_not_use_an_attempt() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let t = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    submit_one(&f.store, t.clone()).await;
+    let c = claim(&f.store, "w", 1).await;
+    let r = f
+        .store
+        .complete(
+            "w",
+            &[Completion {
+                id: t.id.clone(),
+                fence: c[0].fence,
+                outcome: Outcome::Requeue,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Completed::Applied(TaskState::Queued)]);
+    let again = claim(&f.store, "w", 1).await;
+    assert_eq!((again[0].attempt, again[0].fence), (1, 2));
+}
+
+#[tokio::test]
+async fn list_filters_pages_and_cleanup_removes_old_finished_tasks() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let mut t = NewTask::new(
+            if i % 2 == 0 {
+                "redline.noop"
+            } else {
+                "redline.echo"
+            },
+            DEFAULT_QUEUE,
+        );
+        t.id = format!("task-{i:02}");
+        ids.push(t.id.clone());
+        submit_one(&f.store, t).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = f
+            .store
+            .list(&ListFilter::default(), 10, cursor)
+            .await
+            .unwrap();
+        seen.extend(page.tasks.iter().map(|t| t.id.clone()));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first);
+    let echo = f
+        .store
+        .list(
+            &ListFilter {
+                name: Some("redline.echo".into()),
+                ..Default::default()
+            },
+            100,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(echo.tasks.len(), 12);
+
+    let c = claim(&f.store, "w", 3).await;
+    let done: Vec<Completion> = c
+        .iter()
+        .map(|c| Completion {
+            id: c.id.clone(),
+            fence: c.fence,
+            outcome: Outcome::Succeeded(json!(null)),
+        })
+        .collect();
+    f.store.complete("w", &done).await.unwrap();
+    let succeeded = f
+        .store
+        .list(
+            &ListFilter {
+                states: vec![TaskState::Succeeded],
+                ..Default::default()
+            },
+            100,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(succeeded.tasks.len(), 3);
+    assert_eq!(f.store.cleanup(local_cutoff_future()).await.unwrap(), 3);
+    assert_eq!(f.store.get(&c[0].id).await.unwrap(), None);
+    assert_eq!(
+        f.store
+            .list(&ListFilter::default(), 100, None)
+            .await
+            .unwrap()
+            .tasks
+            .len(),
+        22
+    );
+}
+
+fn local_cutoff_future() -> u64 {
+    redline_taskqueue::store::local_now_ms() + 60_000
+}
+
+#[tokio::test]
+async fn stats_count_tasks_per_queue_and_the_oldest_age() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    for _ in 0..3 {
+        submit_one(&f.store, NewTask::new("redline.noop", DEFAULT_QUEUE)).await;
+    }
+    submit_one(&f.store, NewTask::new("redline.noop", "other")).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    claim(&f.store, "w", 1).await;
+    let s = f.store.stats().await.unwrap();
+    let main = s.queues.iter().find(|q| q.queue == DEFAULT_QUEUE).unwrap();
+    assert_eq!((main.queued, main.running), (2, 1));
+    assert!(main.oldest_queued_age.unwrap() >= Duration::from_millis(25));
+    let other = s.queues.iter().find(|q| q.queue == "other").unwrap();
+    assert_eq!(other.queued, 1);
+    assert_eq!(s.workers, 1);
+}
+
+#[tokio::test]
+async fn calls_fail_fast_while_redis_is_down_and_recover_by_themselves() {
+    let mut f = fixture().await;
+    f._redis.kill();
+    let start = std::time::Instant::now();
+    let err = f
+        .store
+        .submit(&[NewTask::new("redline.noop", DEFAULT_QUEUE)])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    f._redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if f.store.ping().await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        submit_one(&f.store, NewTask::new("redline.noop", DEFAULT_QUEUE))
+            .await
+            .state,
+        TaskState::Queued
+    );
+}
