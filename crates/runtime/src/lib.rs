@@ -128,3 +128,145 @@ mod tests {
         assert_eq!(LogFormat::parse(None), LogFormat::Text);
     }
 }
+
+/// Where configuration values come from besides flags: the process environment in production, a map in
+/// tests (so tests never mutate the process environment).
+pub trait Env {
+    /// The value of variable `name`, if set and not empty.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// The default Redis URL when nothing is configured.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// Resolves the Redis URL: the flag, else `REDIS_URL`, else the Celery variables the original used
+/// (`CELERY_BROKER_URL`, then `CELERY_RESULT_BACKEND`), else the default. Returns the URL and where it came
+/// from, so the binary can log which setting won.
+pub fn resolve_redis_url(flag: Option<&str>, env: &dyn Env) -> (String, &'static str) {
+    if let Some(url) = flag.filter(|u| !u.is_empty()) {
+        return (url.to_owned(), "--redis-url");
+    }
+    for name in ["REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"] {
+        if let Some(url) = env.get(name) {
+            return (url, name);
+        }
+    }
+    (DEFAULT_REDIS_URL.to_owned(), "default")
+}
+
+/// Parses a duration such as `30s`, `500ms`, `2m` or a plain number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(std::time::Duration::from_secs_f64(secs));
+        }
+        return Err(format!("'{s}' is not a valid duration"));
+    }
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))
+        .ok_or_else(|| format!("'{s}' is not a valid duration"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a valid duration (try 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        _ => {
+            return Err(format!(
+                "'{s}' has an unknown unit '{unit}' (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("'{s}' is not a valid duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Configuration problems, all of them, so an operator fixes everything in one go.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl ConfigErrors {
+    /// Records a problem.
+    pub fn push(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    /// `Ok(value)` when there were no problems.
+    pub fn finish<T>(self, value: T) -> Result<T, Self> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    #[test]
+    fn redis_url_precedence_includes_celery_names() {
+        let mut env = HashMap::new();
+        env.insert("CELERY_RESULT_BACKEND".to_owned(), "redis://c:1".to_owned());
+        assert_eq!(
+            resolve_redis_url(None, &env),
+            ("redis://c:1".to_owned(), "CELERY_RESULT_BACKEND")
+        );
+        env.insert("CELERY_BROKER_URL".to_owned(), "redis://b:1".to_owned());
+        assert_eq!(resolve_redis_url(None, &env).1, "CELERY_BROKER_URL");
+        env.insert("REDIS_URL".to_owned(), "redis://a:1".to_owned());
+        assert_eq!(resolve_redis_url(None, &env).1, "REDIS_URL");
+        assert_eq!(resolve_redis_url(Some("redis://f"), &env).1, "--redis-url");
+        assert_eq!(resolve_redis_url(None, &HashMap::new()).1, "default");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+    }
+}

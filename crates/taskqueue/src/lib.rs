@@ -9,7 +9,7 @@
 //! - [`model`]: task states, records, claims and outcomes;
 //! - [`keys`]: the key layout (documented there);
 //! - [`scripts`]: the Lua transitions;
-//! - [`store`]: [`TaskStore`];
+//! - [`store`]: the `TaskStore` API;
 //! - [`connect`]: Redis clients that fail fast and reconnect by themselves;
 //! - [`catalog`]: task type schemas and submit-time validation of arguments;
 //! - [`backoff`]: retry delays;

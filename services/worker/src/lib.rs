@@ -1,1 +1,96 @@
-//! Worker processes that run registered redline tasks with leases, retries and timeouts.
+//! Worker processes that run registered redline tasks.
+//!
+//! A worker consumes its queues with at-least-once delivery: each claimed task is held under the worker's
+//! lease (renewed by a heartbeat), every attempt carries a fencing token, failures retry with exponential
+//! backoff and jitter, each attempt has a time limit, running tasks can be cancelled, and SIGTERM drains
+//! (running tasks finish within a grace period; the rest go back to their queue without using an attempt).
+//!
+//! Layout:
+//! - [`registry`]: the [`TaskHandler`](registry::TaskHandler) trait and the [`Registry`](registry::Registry);
+//! - [`builtin`]: diagnostic task types (`redline.noop`, `echo`, `sleep`, `fail`);
+//! - [`worker`]: the runtime (fetch loop, attempts, completion batcher, heartbeat, drain);
+//! - [`config`]: flags and environment.
+
+pub mod builtin;
+pub mod config;
+pub mod registry;
+pub mod worker;
+
+use redline_taskqueue::connect::{self, RedisOptions};
+use redline_taskqueue::{QueueConfig, TaskStore};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use registry::{Registry, TaskContext, TaskError, TaskHandler};
+pub use worker::{WorkerReport, WorkerSettings};
+
+/// Every task type this build of the worker runs.
+pub fn default_registry() -> Registry {
+    let mut registry = Registry::new();
+    builtin::register(&mut registry);
+    registry
+}
+
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Redis URL is unusable.
+    #[error("redis: {0}")]
+    Redis(#[from] redline_taskqueue::StoreError),
+    /// Redis may evict keys.
+    #[error(transparent)]
+    Eviction(#[from] connect::EvictionPolicyError),
+}
+
+/// Connects to Redis and runs a worker with `registry` until `shutdown`, then drains.
+pub async fn run(
+    config: Config,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<WorkerReport, StartError> {
+    let options = RedisOptions::default();
+    let client = connect::client(&config.redis_url, &options)?;
+    let subscriber = connect::subscriber(&config.redis_url, &options)?;
+    if !config.allow_evicting_redis {
+        wait_for_redis(&client, &shutdown).await;
+        connect::check_eviction_policy(&client).await?;
+    }
+    let store = TaskStore::new(
+        client,
+        QueueConfig {
+            namespace: config.namespace.clone(),
+            lease: config.lease,
+            ..QueueConfig::default()
+        },
+    );
+    let mut settings = WorkerSettings::new(
+        config.worker_id.clone(),
+        config.queues.clone(),
+        config.concurrency,
+    );
+    settings.shutdown_grace = config.shutdown_grace;
+    settings.cancel_grace = config.cancel_grace;
+    tracing::info!(
+        worker_id = %settings.worker_id,
+        queues = ?settings.queues,
+        concurrency = settings.concurrency,
+        "worker started"
+    );
+    Ok(worker::run(store, subscriber, registry, settings, shutdown).await)
+}
+
+/// Waits until Redis answers (the worker may start before Redis does), or shutdown.
+async fn wait_for_redis(client: &fred::prelude::Client, shutdown: &CancellationToken) {
+    use fred::prelude::*;
+    let mut warned = false;
+    loop {
+        if client.ping::<String>(None).await.is_ok() || shutdown.is_cancelled() {
+            return;
+        }
+        if !warned {
+            tracing::warn!("waiting for redis");
+            warned = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -52,6 +52,7 @@ for i = 0, n - 1 do
       redis.call('HDEL', key, 'worker')
       redis.call('ZADD', sched_key(q), due, id)
       redis.call('HINCRBY', sq, 'retried', 1)
+      wake(q) -- idle workers re-read the earliest due time
     elseif kind == 'fail' then
       state = 'failed'
       redis.call('HSET', key, 'state', state, 'error', payload, 'completed', now)

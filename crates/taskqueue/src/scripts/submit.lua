@@ -45,6 +45,8 @@ for i = 0, n - 1 do
       state = 'scheduled'
       redis.call('HSET', key, 'state', state, 'eta', due)
       redis.call('ZADD', sched_key(q), due, id)
+      -- Idle workers sleep until the earliest due time they know of; this one may be earlier.
+      woken[q] = true
     else
       state = 'queued'
       redis.call('HSET', key, 'state', state)

@@ -1,0 +1,32 @@
+//! `redline-worker`: runs redline background tasks.
+
+use clap::Parser;
+use redline_runtime::{EXIT_USAGE, LogFormat, ProcessEnv};
+use redline_worker::config::{Args, Config};
+
+#[tokio::main]
+async fn main() {
+    redline_runtime::init_tracing(LogFormat::parse(
+        std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
+    ));
+    let config = match Config::from_args(Args::parse(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    tracing::info!(
+        redis = %redline_runtime::redact_url(&config.redis_url),
+        from = config.redis_url_source,
+        "configuration loaded"
+    );
+    let shutdown = redline_runtime::shutdown_on_signal();
+    match redline_worker::run(config, redline_worker::default_registry(), shutdown).await {
+        Ok(report) => tracing::info!(?report, "worker stopped"),
+        Err(e) => {
+            tracing::error!(error = %e, "worker failed to start");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Task types: the [`TaskHandler`] trait, the [`Registry`] of handlers, and what a running handler can do
+//! through its [`TaskContext`] (report progress, notice cancellation).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use redline_taskqueue::TaskStore;
+use redline_taskqueue::catalog::{Catalog, TaskSpec};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+/// How a handler failed, which decides whether the task is retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// Worth another attempt (after a backoff), while the retry budget lasts.
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying cannot help (bad input, missing file): the task fails at once.
+    #[error("{0}")]
+    Fatal(String),
+    /// The handler stopped because cancellation was requested.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A task type: its declaration and the code that runs it.
+pub trait TaskHandler: Send + Sync + 'static {
+    /// Name, aliases, arguments, retry budget and time limit.
+    fn spec(&self) -> TaskSpec;
+
+    /// Runs one attempt with validated keyword arguments (positional arguments already bound by name).
+    fn run(
+        &self,
+        ctx: TaskContext,
+        kwargs: Map<String, Value>,
+    ) -> BoxFuture<'static, Result<Value, TaskError>>;
+}
+
+/// What a running handler can see and do.
+#[derive(Clone)]
+pub struct TaskContext {
+    /// Task id.
+    pub task_id: String,
+    /// Attempt number (1 for the first run).
+    pub attempt: u32,
+    fence: u64,
+    cancel: CancellationToken,
+    store: TaskStore,
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        task_id: String,
+        attempt: u32,
+        fence: u64,
+        cancel: CancellationToken,
+        store: TaskStore,
+    ) -> Self {
+        Self {
+            task_id,
+            attempt,
+            fence,
+            cancel,
+            store,
+        }
+    }
+
+    /// Cancelled when the task was cancelled, hit its time limit, or its worker lost the lease. A handler
+    /// should stop soon after; one that doesn't is aborted after a grace period.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// True once the handler should stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Reports progress (`{step, progress, ...details}`, REDLINE's PROGRESS meta), visible in GetTask and
+    /// streamed by WatchTask. Failures to store progress are logged, never fatal to the task.
+    pub async fn progress(&self, step: &str, progress: f64, details: Map<String, Value>) {
+        let mut meta = details;
+        meta.insert("step".to_owned(), Value::from(step));
+        meta.insert("progress".to_owned(), Value::from(progress));
+        if let Err(e) = self
+            .store
+            .progress(&self.task_id, self.fence, &Value::Object(meta))
+            .await
+        {
+            tracing::warn!(task_id = %self.task_id, error = %e, "progress not stored");
+        }
+    }
+
+    /// [`Self::progress`] from synchronous code running under `spawn_blocking`.
+    pub fn progress_blocking(&self, step: &str, progress: f64, details: Map<String, Value>) {
+        let handle = tokio::runtime::Handle::current();
+        handle.block_on(self.progress(step, progress, details));
+    }
+}
+
+/// The task types a worker runs, by name and alias.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: Vec<(TaskSpec, Arc<dyn TaskHandler>)>,
+    by_name: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.handlers.iter().map(|(s, _)| &s.name))
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a handler under its name and aliases.
+    pub fn register(&mut self, handler: impl TaskHandler) -> &mut Self {
+        let spec = handler.spec();
+        let index = self.handlers.len();
+        self.by_name.insert(spec.name.clone(), index);
+        for alias in &spec.aliases {
+            self.by_name.insert(alias.clone(), index);
+        }
+        self.handlers.push((spec, Arc::new(handler)));
+        self
+    }
+
+    /// The handler for `name` (canonical or alias).
+    pub fn get(&self, name: &str) -> Option<(&TaskSpec, Arc<dyn TaskHandler>)> {
+        self.by_name
+            .get(name)
+            .and_then(|i| self.handlers.get(*i))
+            .map(|(s, h)| (s, Arc::clone(h)))
+    }
+
+    /// The declarations, for publication and validation.
+    pub fn catalog(&self) -> Catalog {
+        Catalog::new(self.handlers.iter().map(|(s, _)| s.clone()).collect())
+    }
+}
