@@ -336,6 +336,11 @@ impl Catalog {
     }
 }
 
+/// Every task type the suite ships: the diagnostics and REDLINE's data tasks.
+pub fn builtin() -> Vec<TaskSpec> {
+    diagnostics()
+}
+
 /// The diagnostic task types every worker runs, used by tests and benchmarks.
 pub fn diagnostics() -> Vec<TaskSpec> {
     use ArgKind::*;

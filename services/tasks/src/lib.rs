@@ -1,1 +1,213 @@
 //! TaskService: the gRPC front of the redline task queue.
+//!
+//! [`run`] serves `redline.tasks.v1.TaskService` with grpc.health.v1 and reflection on a listener until a
+//! shutdown token fires, then drains in-flight calls within a deadline. Layout:
+//! - [`config`]: flags and environment;
+//! - [`grpc`]: the handlers (validation, proto ↔ domain);
+//! - [`error`]: the one mapping from service errors to gRPC status codes;
+//! - [`submitter`]: group commit of concurrent submissions;
+//! - [`watch`]: change notifications for WatchTask;
+//! - [`json`]: protobuf JSON types, timestamps and durations.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod json;
+pub mod submitter;
+pub mod watch;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redline_proto::tasks::task_service_server::TaskServiceServer;
+use redline_taskqueue::catalog::{Catalog, TaskSpec};
+use redline_taskqueue::connect::{self, RedisOptions};
+use redline_taskqueue::{QueueConfig, TaskStore};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+pub use config::Config;
+
+/// The task types TaskService accepts without any worker having published them.
+pub fn builtin_catalog() -> Catalog {
+    Catalog::new(redline_taskqueue::catalog::builtin())
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Redis configuration unusable.
+    #[error("redis: {0}")]
+    Redis(#[from] redline_taskqueue::StoreError),
+    /// Redis may evict keys.
+    #[error(transparent)]
+    Eviction(#[from] connect::EvictionPolicyError),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Health service names: `liveness` never depends on Redis (a Redis outage must not restart every pod);
+/// `readiness`, the service's own name and `""` follow Redis and turn NOT_SERVING on shutdown.
+const READINESS: [&str; 3] = ["readiness", "redline.tasks.v1.TaskService", ""];
+
+/// Serves TaskService on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let options = RedisOptions::default();
+    let client = connect::client(&config.redis_url, &options)?;
+    let subscriber = connect::subscriber(&config.redis_url, &options)?;
+    if !config.allow_evicting_redis {
+        // Only refuse on a definite answer; an unreachable Redis is checked again when it comes back.
+        match connect::check_eviction_policy(&client).await {
+            Err(e @ connect::EvictionPolicyError::Evicting(_)) => return Err(e.into()),
+            Err(connect::EvictionPolicyError::Unreachable(e)) => {
+                tracing::warn!(error = %e, "redis unreachable at start-up; serving NOT_SERVING until it answers")
+            }
+            Ok(()) => {}
+        }
+    }
+    let store = TaskStore::new(
+        client,
+        QueueConfig {
+            namespace: config.namespace.clone(),
+            result_ttl: config.result_ttl,
+            idempotency_ttl: config.idempotency_ttl,
+            ..QueueConfig::default()
+        },
+    );
+    let hub = watch::WatchHub::new(subscriber, store.keys().event_channel_prefix());
+    let catalog = Arc::new(RwLock::new(builtin_catalog()));
+    let background = shutdown.child_token();
+    tokio::spawn(refresh_catalog(
+        store.clone(),
+        Arc::clone(&catalog),
+        background.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("liveness", ServingStatus::Serving)
+        .await;
+    for name in READINESS {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    tokio::spawn(track_readiness(
+        store.clone(),
+        health.clone(),
+        background.clone(),
+    ));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(redline_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let limits = grpc::Limits {
+        max_payload: config.max_payload,
+        ..Default::default()
+    };
+    let service = grpc::TaskServiceImpl::new(store, hub, catalog, limits, shutdown.clone());
+    let server = TaskServiceServer::new(service)
+        // A batch of 1000 tasks of up to max_payload each must fit, within reason.
+        .max_decoding_message_size((config.max_payload * 4).max(16 << 20));
+
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "TaskService listening");
+    let drain = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            // Fail readiness first so load balancers stop sending new calls while in-flight ones finish.
+            for name in READINESS {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    };
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(server)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+    let grace = config.shutdown_grace;
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "drain deadline reached; closing remaining connections");
+        }
+    }
+    background.cancel();
+    Ok(())
+}
+
+/// Readiness follows Redis: checked every second, flipped after two failures in a row (one slow ping is not
+/// an outage), restored on the first success.
+async fn track_readiness(
+    store: TaskStore,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    let mut serving = None;
+    loop {
+        let ok = store.ping().await.is_ok();
+        failures = if ok { 0 } else { failures + 1 };
+        let now = if ok {
+            Some(true)
+        } else if failures >= 2 || serving.is_none() {
+            Some(false)
+        } else {
+            serving
+        };
+        if now != serving && !stop.is_cancelled() {
+            let status = if now == Some(true) {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(?status, "readiness changed");
+            for name in READINESS {
+                health.set_service_status(name, status).await;
+            }
+            serving = now;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Adds task types published by workers (custom builds may register more than this service knows).
+async fn refresh_catalog(store: TaskStore, catalog: Arc<RwLock<Catalog>>, stop: CancellationToken) {
+    loop {
+        if let Ok(published) = store.published_task_types().await {
+            let specs: Vec<TaskSpec> = published
+                .values()
+                .filter_map(|j| serde_json::from_str(j).ok())
+                .collect();
+            catalog
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(specs);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

@@ -1,0 +1,786 @@
+//! The TaskService gRPC handlers: validate, convert proto ↔ domain, call the store.
+
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::Stream;
+use redline_proto::tasks::task_service_server::TaskService;
+use redline_proto::tasks::*;
+use redline_taskqueue::catalog::{Catalog, FieldViolation, TaskSpec};
+use redline_taskqueue::keys::PRIORITIES;
+use redline_taskqueue::{
+    CancelOutcome, DEFAULT_QUEUE, ListFilter, NewTask, RetryOutcome, TaskRecord, TaskState,
+    TaskStore,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::error::ServiceError;
+use crate::json::*;
+use crate::submitter::{SubmitFailure, Submitter};
+use crate::watch::WatchHub;
+
+/// Limits applied to submissions.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted `args` + `kwargs`, in bytes of JSON.
+    pub max_payload: usize,
+    /// Most tasks in one SubmitTasks call.
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload: 1 << 20,
+            max_batch: 1000,
+        }
+    }
+}
+
+/// The TaskService implementation.
+#[derive(Clone)]
+pub struct TaskServiceImpl {
+    store: TaskStore,
+    submitter: Submitter,
+    hub: WatchHub,
+    catalog: Arc<RwLock<Catalog>>,
+    limits: Limits,
+    shutdown: CancellationToken,
+}
+
+impl TaskServiceImpl {
+    /// A service over `store`, validating against `catalog` (shared with the refresher that adds types
+    /// published by workers).
+    pub fn new(
+        store: TaskStore,
+        hub: WatchHub,
+        catalog: Arc<RwLock<Catalog>>,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            submitter: Submitter::spawn(store.clone()),
+            store,
+            hub,
+            catalog,
+            limits,
+            shutdown,
+        }
+    }
+
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Validates one submission and builds the task; field paths are prefixed with `prefix`.
+    fn new_task(
+        &self,
+        req: &SubmitTaskRequest,
+        traceparent: Option<&str>,
+        prefix: &str,
+    ) -> Result<NewTask, Vec<FieldViolation>> {
+        let mut v = Vec::new();
+        let field = |f: &str| format!("{prefix}{f}");
+        let catalog = self.catalog();
+        let spec: Option<TaskSpec> = if req.task_name.is_empty() {
+            v.push(FieldViolation::new(
+                field("task_name"),
+                "task_name is required",
+            ));
+            None
+        } else {
+            let found = catalog.resolve(&req.task_name).cloned();
+            if found.is_none() {
+                v.push(FieldViolation::new(
+                    field("task_name"),
+                    format!(
+                        "unknown task '{}'; registered: {}",
+                        req.task_name,
+                        catalog.names().join(", ")
+                    ),
+                ));
+            }
+            found
+        };
+        drop(catalog);
+
+        let args = req
+            .args
+            .as_ref()
+            .map(list_to_json)
+            .unwrap_or_else(|| serde_json::json!([]));
+        let kwargs = req
+            .kwargs
+            .as_ref()
+            .map(struct_to_json)
+            .unwrap_or_else(|| serde_json::json!({}));
+        let size = args.to_string().len() + kwargs.to_string().len();
+        if size > self.limits.max_payload {
+            v.push(FieldViolation::new(
+                field("kwargs"),
+                format!(
+                    "arguments are {size} bytes; the limit is {} bytes",
+                    self.limits.max_payload
+                ),
+            ));
+        } else if let Some(spec) = &spec {
+            let empty = serde_json::Map::new();
+            if let Err(problems) = spec.bind(
+                args.as_array().map(Vec::as_slice).unwrap_or(&[]),
+                kwargs.as_object().unwrap_or(&empty),
+            ) {
+                v.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| FieldViolation::new(field(&p.field), p.description)),
+                );
+            }
+        }
+
+        let queue = if req.queue.is_empty() {
+            DEFAULT_QUEUE.to_owned()
+        } else {
+            req.queue.clone()
+        };
+        if let Err(e) = check_queue(&queue) {
+            v.push(FieldViolation::new(field("queue"), e));
+        }
+        let priority = req.priority.unwrap_or(5);
+        if priority >= u32::from(PRIORITIES) {
+            v.push(FieldViolation::new(
+                field("priority"),
+                "must be from 0 to 9",
+            ));
+        }
+        let max_retries = req
+            .max_retries
+            .unwrap_or_else(|| spec.as_ref().map_or(3, |s| s.max_retries));
+        if max_retries > 100 {
+            v.push(FieldViolation::new(
+                field("max_retries"),
+                "must be at most 100",
+            ));
+        }
+        let time_limit = match req.time_limit.as_ref().map(std_duration) {
+            None => spec
+                .as_ref()
+                .map_or(redline_taskqueue::catalog::DEFAULT_TIME_LIMIT, |s| {
+                    s.time_limit
+                }),
+            Some(Some(d)) if !d.is_zero() && d <= Duration::from_secs(7 * 86_400) => d,
+            Some(_) => {
+                v.push(FieldViolation::new(
+                    field("time_limit"),
+                    "must be positive and at most 7 days",
+                ));
+                Duration::ZERO
+            }
+        };
+        let countdown = match req.countdown.as_ref().map(std_duration) {
+            None => None,
+            Some(Some(d)) if d <= Duration::from_secs(366 * 86_400) => Some(d),
+            Some(_) => {
+                v.push(FieldViolation::new(
+                    field("countdown"),
+                    "must be non-negative and at most a year",
+                ));
+                None
+            }
+        };
+        let eta_ms = match req.eta.as_ref().map(timestamp_ms) {
+            None => None,
+            Some(Some(ms)) => Some(ms),
+            Some(None) => {
+                v.push(FieldViolation::new(
+                    field("eta"),
+                    "must be a valid time after 1970",
+                ));
+                None
+            }
+        };
+        if countdown.is_some() && eta_ms.is_some() {
+            v.push(FieldViolation::new(
+                field("eta"),
+                "give either countdown or eta, not both",
+            ));
+        }
+        if req.idempotency_key.len() > 256 || req.idempotency_key.chars().any(char::is_control) {
+            v.push(FieldViolation::new(
+                field("idempotency_key"),
+                "must be at most 256 printable characters",
+            ));
+        }
+        if !v.is_empty() {
+            return Err(v);
+        }
+        let spec = spec.ok_or_else(Vec::new)?;
+        let mut task = NewTask::new(spec.name.clone(), queue);
+        task.args = args;
+        task.kwargs = kwargs;
+        task.priority = priority as u8;
+        task.max_retries = max_retries;
+        task.time_limit = time_limit;
+        task.countdown = countdown;
+        task.eta_ms = eta_ms;
+        task.idempotency_key = Some(req.idempotency_key.clone()).filter(|k| !k.is_empty());
+        task.traceparent = traceparent.map(str::to_owned);
+        Ok(task)
+    }
+
+    async fn submit_one(
+        &self,
+        task: NewTask,
+        name: &str,
+    ) -> Result<SubmitTaskResponse, ServiceError> {
+        match self.submitter.submit(task).await {
+            Ok(s) => Ok(SubmitTaskResponse {
+                message: format!("Task {name} submitted successfully"),
+                task_id: s.id,
+                status: "submitted".to_owned(),
+                state: proto_state(s.state) as i32,
+                duplicate: s.duplicate,
+            }),
+            Err(SubmitFailure::Unavailable) => {
+                Err(ServiceError::Unavailable("redis unreachable".to_owned()))
+            }
+            Err(SubmitFailure::Internal(m)) => Err(ServiceError::Internal(m)),
+        }
+    }
+
+    async fn record(&self, id: &str) -> Result<TaskRecord, ServiceError> {
+        check_id(id)?;
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_owned()))
+    }
+}
+
+fn traceparent<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_owned)
+}
+
+/// Task ids are generated UUIDs; anything that can't be an id is rejected before touching Redis.
+fn check_id(id: &str) -> Result<(), ServiceError> {
+    if id.is_empty() {
+        return Err(ServiceError::invalid("task_id", "task_id is required"));
+    }
+    if id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ServiceError::invalid("task_id", "not a valid task id"));
+    }
+    Ok(())
+}
+
+fn check_queue(q: &str) -> Result<(), String> {
+    if !q.is_empty()
+        && q.len() <= 64
+        && q.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        Ok(())
+    } else {
+        Err("must be 1-64 characters of letters, digits, '_', '-' or '.'".to_owned())
+    }
+}
+
+/// The proto enum of a state.
+pub fn proto_state(s: TaskState) -> redline_proto::tasks::TaskState {
+    use redline_proto::tasks::TaskState as P;
+    match s {
+        TaskState::Queued => P::Queued,
+        TaskState::Scheduled => P::Scheduled,
+        TaskState::Running => P::Running,
+        TaskState::Succeeded => P::Succeeded,
+        TaskState::Failed => P::Failed,
+        TaskState::Cancelled => P::Cancelled,
+    }
+}
+
+/// The Celery status REDLINE clients know (`PENDING`, `STARTED`, `PROGRESS`, `RETRY`, `SUCCESS`, `FAILURE`,
+/// `REVOKED`).
+pub fn celery_status(r: &TaskRecord) -> &'static str {
+    match r.state {
+        TaskState::Queued => "PENDING",
+        TaskState::Scheduled if r.retries > 0 => "RETRY",
+        TaskState::Scheduled => "PENDING",
+        TaskState::Running if r.progress.is_some() => "PROGRESS",
+        TaskState::Running => "STARTED",
+        TaskState::Succeeded => "SUCCESS",
+        TaskState::Failed => "FAILURE",
+        TaskState::Cancelled => "REVOKED",
+    }
+}
+
+/// States matching a `status` filter: a Celery status or a state name, case-insensitive.
+fn states_for(status: &str) -> Option<Vec<TaskState>> {
+    use TaskState::*;
+    Some(match status.to_ascii_uppercase().as_str() {
+        "" => vec![],
+        "PENDING" => vec![Queued, Scheduled],
+        "QUEUED" => vec![Queued],
+        "SCHEDULED" | "RETRY" => vec![Scheduled],
+        "STARTED" | "PROGRESS" | "RUNNING" => vec![Running],
+        "SUCCESS" | "SUCCEEDED" => vec![Succeeded],
+        "FAILURE" | "FAILED" => vec![Failed],
+        "REVOKED" | "CANCELLED" | "CANCELED" => vec![Cancelled],
+        _ => return None,
+    })
+}
+
+/// A record as the proto `Task`.
+pub fn proto_task(r: &TaskRecord) -> Task {
+    Task {
+        task_id: r.id.clone(),
+        task_name: r.name.clone(),
+        args: Some(json_to_list(&r.args)),
+        kwargs: Some(json_to_struct(&r.kwargs)),
+        queue: r.queue.clone(),
+        priority: u32::from(r.priority),
+        state: proto_state(r.state) as i32,
+        status: celery_status(r).to_owned(),
+        attempt: r.attempt,
+        max_retries: r.max_retries,
+        time_limit: Some(duration(r.time_limit)),
+        eta: r.eta_ms.map(timestamp),
+        idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
+        submitted_at: Some(timestamp(r.submitted_ms)),
+        started_at: r.started_ms.map(timestamp),
+        completed_at: r.completed_ms.map(timestamp),
+        progress: r.progress.as_ref().map(proto_progress),
+        result: r.result.as_ref().map(json_to_value),
+        error: r.error.clone().unwrap_or_default(),
+        worker_id: r.worker_id.clone().unwrap_or_default(),
+        traceparent: r.traceparent.clone().unwrap_or_default(),
+        cancel_requested: r.cancel_requested,
+        recoveries: r.recoveries,
+    }
+}
+
+fn proto_progress(p: &serde_json::Value) -> Progress {
+    let mut details = p.as_object().cloned().unwrap_or_default();
+    let step = details
+        .remove("step")
+        .and_then(|s| s.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let progress = details
+        .remove("progress")
+        .and_then(|p| p.as_f64())
+        .unwrap_or(0.0);
+    Progress {
+        step,
+        progress,
+        details: Some(json_to_struct(&serde_json::Value::Object(details))),
+    }
+}
+
+fn spec_to_proto(s: &TaskSpec) -> TaskType {
+    TaskType {
+        name: s.name.clone(),
+        aliases: s.aliases.clone(),
+        description: s.description.clone(),
+        arguments: s
+            .args
+            .iter()
+            .map(|a| ArgumentSpec {
+                name: a.name.clone(),
+                r#type: a.kind.as_str().to_owned(),
+                required: a.required,
+                description: a.description.clone(),
+                allowed_values: a.allowed.clone(),
+            })
+            .collect(),
+        max_retries: s.max_retries,
+        time_limit: Some(duration(s.time_limit)),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchTaskResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TaskService for TaskServiceImpl {
+    #[tracing::instrument(skip_all, fields(task_name = %request.get_ref().task_name))]
+    async fn submit_task(
+        &self,
+        request: Request<SubmitTaskRequest>,
+    ) -> Result<Response<SubmitTaskResponse>, Status> {
+        let trace = traceparent(&request);
+        let req = request.into_inner();
+        let task = self
+            .new_task(&req, trace.as_deref(), "")
+            .map_err(ServiceError::invalid_many)?;
+        Ok(Response::new(self.submit_one(task, &req.task_name).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(count = request.get_ref().tasks.len()))]
+    async fn submit_tasks(
+        &self,
+        request: Request<SubmitTasksRequest>,
+    ) -> Result<Response<SubmitTasksResponse>, Status> {
+        let trace = traceparent(&request);
+        let req = request.into_inner();
+        if req.tasks.is_empty() {
+            return Err(ServiceError::invalid("tasks", "at least one task is required").into());
+        }
+        if req.tasks.len() > self.limits.max_batch {
+            return Err(ServiceError::invalid(
+                "tasks",
+                format!("at most {} tasks per call", self.limits.max_batch),
+            )
+            .into());
+        }
+        let mut tasks = Vec::with_capacity(req.tasks.len());
+        let mut violations = Vec::new();
+        for (i, t) in req.tasks.iter().enumerate() {
+            match self.new_task(t, trace.as_deref(), &format!("tasks[{i}].")) {
+                Ok(task) => tasks.push(task),
+                Err(v) => violations.extend(v),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(ServiceError::invalid_many(violations).into());
+        }
+        let results = self
+            .store
+            .submit(&tasks)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(SubmitTasksResponse {
+            results: results
+                .into_iter()
+                .zip(&req.tasks)
+                .map(|(s, t)| SubmitTaskResponse {
+                    message: format!("Task {} submitted successfully", t.task_name),
+                    task_id: s.id,
+                    status: "submitted".to_owned(),
+                    state: proto_state(s.state) as i32,
+                    duplicate: s.duplicate,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<GetTaskRequest>,
+    ) -> Result<Response<GetTaskResponse>, Status> {
+        let r = self.record(&request.get_ref().task_id).await?;
+        Ok(Response::new(GetTaskResponse {
+            task: Some(proto_task(&r)),
+        }))
+    }
+
+    async fn get_task_result(
+        &self,
+        request: Request<GetTaskResultRequest>,
+    ) -> Result<Response<GetTaskResultResponse>, Status> {
+        let r = self.record(&request.get_ref().task_id).await?;
+        Ok(Response::new(GetTaskResultResponse {
+            task_id: r.id.clone(),
+            state: proto_state(r.state) as i32,
+            status: celery_status(&r).to_owned(),
+            ready: r.state.is_terminal(),
+            result: r
+                .result
+                .as_ref()
+                .filter(|_| r.state == TaskState::Succeeded)
+                .map(json_to_value),
+            error: if r.state == TaskState::Succeeded {
+                String::new()
+            } else {
+                r.error.clone().unwrap_or_default()
+            },
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id = %request.get_ref().task_id))]
+    async fn cancel_task(
+        &self,
+        request: Request<CancelTaskRequest>,
+    ) -> Result<Response<CancelTaskResponse>, Status> {
+        let id = &request.get_ref().task_id;
+        check_id(id)?;
+        let (state, message) = match self.store.cancel(id).await.map_err(ServiceError::from)? {
+            CancelOutcome::Cancelled => (
+                TaskState::Cancelled,
+                format!("Task {id} cancelled successfully"),
+            ),
+            CancelOutcome::Requested => (
+                TaskState::Running,
+                format!("Task {id} is running; cancellation requested"),
+            ),
+            CancelOutcome::AlreadyEnded(s) => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "task {id} already ended ({})",
+                    s.as_str()
+                ))
+                .into());
+            }
+            CancelOutcome::NotFound => return Err(ServiceError::NotFound(id.clone()).into()),
+        };
+        Ok(Response::new(CancelTaskResponse {
+            task_id: id.clone(),
+            state: proto_state(state) as i32,
+            message,
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let req = request.into_inner();
+        let mut violations = Vec::new();
+        let states = states_for(&req.status).unwrap_or_else(|| {
+            violations.push(FieldViolation::new(
+                "status",
+                "unknown status; use PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED or a state name",
+            ));
+            Vec::new()
+        });
+        if req.limit > 1000 {
+            violations.push(FieldViolation::new("limit", "must be at most 1000"));
+        }
+        let cursor = if req.page_token.is_empty() {
+            None
+        } else {
+            let parsed = req
+                .page_token
+                .split_once(':')
+                .and_then(|(s, id)| s.parse::<u64>().ok().map(|s| (s, id.to_owned())));
+            if parsed.is_none() {
+                violations.push(FieldViolation::new(
+                    "page_token",
+                    "not a token returned by ListTasks",
+                ));
+            }
+            parsed
+        };
+        if !violations.is_empty() {
+            return Err(ServiceError::invalid_many(violations).into());
+        }
+        let filter = ListFilter {
+            states,
+            queue: Some(req.queue).filter(|q| !q.is_empty()),
+            name: Some(req.task_name).filter(|n| !n.is_empty()),
+            dead_letter: req.dead_letter,
+        };
+        let limit = if req.limit == 0 {
+            100
+        } else {
+            req.limit as usize
+        };
+        let page = self
+            .store
+            .list(&filter, limit, cursor)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(ListTasksResponse {
+            total: page.tasks.len() as u32,
+            tasks: page.tasks.iter().map(proto_task).collect(),
+            next_page_token: page
+                .next
+                .map(|(s, id)| format!("{s}:{id}"))
+                .unwrap_or_default(),
+        }))
+    }
+
+    type WatchTaskStream = WatchStream;
+
+    async fn watch_task(
+        &self,
+        request: Request<WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let id = request.into_inner().task_id;
+        check_id(&id)?;
+        // Subscribe first, then read: a change between the two is seen as an event, never lost.
+        let mut watch = self
+            .hub
+            .watch(&id)
+            .await
+            .map_err(|e| ServiceError::from(redline_taskqueue::StoreError::from(e)))?;
+        let first = self.record(&id).await?;
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut last = first;
+            if tx
+                .send(Ok(WatchTaskResponse {
+                    task: Some(proto_task(&last)),
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while !last.state.is_terminal() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+                        return;
+                    }
+                    _ = watch.changes.recv() => {}
+                    // A safety net for events missed while the subscription reconnects.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match store.get(&id).await {
+                    Ok(Some(r)) if r != last => {
+                        last = r;
+                        if tx
+                            .send(Ok(WatchTaskResponse {
+                                task: Some(proto_task(&last)),
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let _ = tx
+                            .send(Err(Status::not_found(format!("task {id} expired"))))
+                            .await;
+                        return;
+                    }
+                    Err(e) if e.is_unavailable() => {}
+                    Err(_) => {
+                        let _ = tx.send(Err(Status::internal("internal error"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        _: Request<GetQueueStatsRequest>,
+    ) -> Result<Response<GetQueueStatsResponse>, Status> {
+        let s = self.store.stats().await.map_err(ServiceError::from)?;
+        Ok(Response::new(GetQueueStatsResponse {
+            active_tasks: s.queues.iter().map(|q| q.running).sum(),
+            scheduled_tasks: s.queues.iter().map(|q| q.scheduled).sum(),
+            reserved_tasks: s.queues.iter().map(|q| q.queued).sum(),
+            registered_tasks: self.catalog().specs().len() as u64,
+            workers: s.workers,
+            dead_letter_tasks: s.dead_letter,
+            stale_completions: s.stale_completions,
+            queues: s
+                .queues
+                .iter()
+                .map(|q| QueueStats {
+                    queue: q.queue.clone(),
+                    queued: q.queued,
+                    scheduled: q.scheduled,
+                    running: q.running,
+                    succeeded: q.succeeded,
+                    failed: q.failed,
+                    cancelled: q.cancelled,
+                    retried: q.retried,
+                    recovered: q.recovered,
+                    oldest_queued_age: Some(duration(q.oldest_queued_age.unwrap_or_default())),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        let workers = self.store.workers().await.map_err(ServiceError::from)?;
+        Ok(Response::new(ListWorkersResponse {
+            workers: workers
+                .into_iter()
+                .map(|w| Worker {
+                    worker_id: w.id,
+                    hostname: w.hostname,
+                    queues: w.queues,
+                    concurrency: w.concurrency,
+                    active_task_ids: w.active,
+                    started_at: Some(timestamp(w.started_ms)),
+                    last_heartbeat: Some(timestamp(w.last_heartbeat_ms)),
+                    processed: w.processed,
+                    failed: w.failed,
+                    pid: w.pid,
+                    version: w.version,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_task_types(
+        &self,
+        _: Request<ListTaskTypesRequest>,
+    ) -> Result<Response<ListTaskTypesResponse>, Status> {
+        let mut types: Vec<TaskType> = self.catalog().specs().iter().map(spec_to_proto).collect();
+        types.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListTaskTypesResponse { task_types: types }))
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id = %request.get_ref().task_id))]
+    async fn retry_task(
+        &self,
+        request: Request<RetryTaskRequest>,
+    ) -> Result<Response<RetryTaskResponse>, Status> {
+        let id = &request.get_ref().task_id;
+        check_id(id)?;
+        match self.store.retry(id).await.map_err(ServiceError::from)? {
+            RetryOutcome::Requeued => Ok(Response::new(RetryTaskResponse {
+                task_id: id.clone(),
+                state: proto_state(TaskState::Queued) as i32,
+            })),
+            RetryOutcome::NotRetryable(s) => Err(ServiceError::FailedPrecondition(format!(
+                "task {id} is {}; only failed or cancelled tasks can be retried",
+                s.as_str()
+            ))
+            .into()),
+            RetryOutcome::NotFound => Err(ServiceError::NotFound(id.clone()).into()),
+        }
+    }
+
+    async fn cleanup_tasks(
+        &self,
+        request: Request<CleanupTasksRequest>,
+    ) -> Result<Response<CleanupTasksResponse>, Status> {
+        let days = request.get_ref().days.unwrap_or(7);
+        if days > 36_500 {
+            return Err(ServiceError::invalid("days", "must be at most 36500").into());
+        }
+        let cutoff =
+            redline_taskqueue::store::local_now_ms().saturating_sub(u64::from(days) * 86_400_000);
+        let deleted = self
+            .store
+            .cleanup(cutoff)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(CleanupTasksResponse {
+            deleted,
+            message: format!("Cleaned up tasks older than {days} days"),
+        }))
+    }
+}
+
+/// A stream fed by a task writing into a bounded channel.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<WatchTaskResponse, Status>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<WatchTaskResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -1,0 +1,90 @@
+//! Group commit for submissions: concurrent SubmitTask calls share one submit script.
+//!
+//! While one script call is in flight, new submissions queue up; the next call takes all of them (up to a
+//! cap). Under light load a submission goes alone, without waiting for company; under heavy load one round
+//! trip enqueues dozens of tasks. This is what lifts single-task RPCs from one-round-trip-per-task throughput
+//! to batch throughput.
+
+use redline_taskqueue::{NewTask, StoreError, Submitted, TaskStore};
+use tokio::sync::{mpsc, oneshot};
+
+type Reply = oneshot::Sender<Result<Submitted, SubmitFailure>>;
+
+/// A submission that could not be stored, shared by every task of the failed batch.
+#[derive(Debug, Clone)]
+pub enum SubmitFailure {
+    /// Redis unreachable.
+    Unavailable,
+    /// Anything else.
+    Internal(String),
+}
+
+impl From<&StoreError> for SubmitFailure {
+    fn from(e: &StoreError) -> Self {
+        if e.is_unavailable() {
+            Self::Unavailable
+        } else {
+            Self::Internal(e.to_string())
+        }
+    }
+}
+
+/// Handle to the batching loop.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    tx: mpsc::Sender<(NewTask, Reply)>,
+}
+
+const MAX_BATCH: usize = 256;
+
+impl Submitter {
+    /// Starts the loop; it ends when every handle is dropped.
+    pub fn spawn(store: TaskStore) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(run(store, rx));
+        Self { tx }
+    }
+
+    /// Submits one task through the shared batch.
+    pub async fn submit(&self, task: NewTask) -> Result<Submitted, SubmitFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((task, reply))
+            .await
+            .map_err(|_| SubmitFailure::Internal("submitter stopped".to_owned()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(SubmitFailure::Internal("submitter stopped".to_owned())))
+    }
+}
+
+async fn run(store: TaskStore, mut rx: mpsc::Receiver<(NewTask, Reply)>) {
+    let mut tasks = Vec::with_capacity(MAX_BATCH);
+    let mut replies = Vec::with_capacity(MAX_BATCH);
+    while let Some((task, reply)) = rx.recv().await {
+        tasks.push(task);
+        replies.push(reply);
+        while tasks.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok((t, r)) => {
+                    tasks.push(t);
+                    replies.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        match store.submit(&tasks).await {
+            Ok(results) => {
+                for (reply, result) in replies.drain(..).zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                let failure = SubmitFailure::from(&e);
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(failure.clone()));
+                }
+            }
+        }
+        tasks.clear();
+    }
+}

@@ -1,0 +1,496 @@
+//! TaskService end to end in one process: a real server on 127.0.0.1:0, a real worker, a private redis-server.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redline_proto::tasks::task_service_client::TaskServiceClient;
+use redline_proto::tasks::*;
+use redline_taskqueue::testing::RedisServer;
+use redline_tasks::config::{Args, Config};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_types::StatusExt;
+
+struct Suite {
+    redis: RedisServer,
+    client: TaskServiceClient<Channel>,
+    health: HealthClient<Channel>,
+    stop: CancellationToken,
+}
+
+async fn suite(with_worker: bool) -> Suite {
+    let redis = RedisServer::start();
+    let stop = CancellationToken::new();
+    let args = Args {
+        redis_url: Some(redis.url()),
+        max_payload_bytes: Some("4096".into()),
+        ..Args::default()
+    };
+    let config = Config::from_args(args, &HashMap::new()).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(redline_tasks::run(config, listener, stop.clone()));
+    if with_worker {
+        let wargs = redline_worker::config::Args {
+            redis_url: Some(redis.url()),
+            concurrency: Some("4".into()),
+            cancel_grace: Some("200ms".into()),
+            ..Default::default()
+        };
+        let wconfig =
+            redline_worker::Config::from_args(wargs, &HashMap::new()).expect("worker config");
+        tokio::spawn(redline_worker::run(
+            wconfig,
+            redline_worker::default_registry(),
+            stop.clone(),
+        ));
+    }
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let s = Suite {
+        redis,
+        client: TaskServiceClient::new(channel.clone()),
+        health: HealthClient::new(channel),
+        stop,
+    };
+    s.wait_ready(true, Duration::from_secs(5)).await;
+    s
+}
+
+impl Suite {
+    async fn readiness(&self) -> Option<i32> {
+        let mut h = self.health.clone();
+        h.check(HealthCheckRequest {
+            service: "readiness".into(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner().status)
+    }
+
+    async fn wait_ready(&self, ready: bool, within: Duration) {
+        let want = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        } as i32;
+        let deadline = Instant::now() + within;
+        while self.readiness().await != Some(want) {
+            assert!(Instant::now() < deadline, "readiness never became {ready}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn submit(
+        &self,
+        name: &str,
+        kwargs: serde_json::Value,
+    ) -> Result<SubmitTaskResponse, tonic::Status> {
+        self.client
+            .clone()
+            .submit_task(SubmitTaskRequest {
+                task_name: name.into(),
+                kwargs: Some(redline_tasks::json::json_to_struct(&kwargs)),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn get(&self, id: &str) -> Result<Task, tonic::Status> {
+        self.client
+            .clone()
+            .get_task(GetTaskRequest { task_id: id.into() })
+            .await
+            .map(|r| r.into_inner().task.unwrap_or_default())
+    }
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn submit_then_watch_streams_progress_until_success() {
+    let s = suite(true).await;
+    let sub = s
+        .submit("redline.sleep", serde_json::json!({"seconds": 1.2}))
+        .await
+        .unwrap();
+    assert_eq!((sub.status.as_str(), sub.duplicate), ("submitted", false));
+    let mut stream = s
+        .client
+        .clone()
+        .watch_task(WatchTaskRequest {
+            task_id: sub.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut statuses = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        let task = msg.task.unwrap();
+        statuses.push(task.status.clone());
+        if task.state == TaskState::Succeeded as i32 {
+            assert_eq!(
+                redline_tasks::json::value_to_json(task.result.as_ref().unwrap()),
+                serde_json::json!({"slept": 1.2})
+            );
+            assert!(task.completed_at.is_some() && task.started_at.is_some());
+        }
+    }
+    assert_eq!(statuses.last().map(String::as_str), Some("SUCCESS"));
+    assert!(statuses.iter().any(|s| s == "PROGRESS"), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_with_field_details() {
+    let s = suite(false).await;
+    let err = s
+        .submit("process_everything", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let v = violations(&err);
+    assert_eq!(v[0].0, "task_name");
+    assert!(
+        v[0].1.contains("redline.noop"),
+        "names the registered types: {}",
+        v[0].1
+    );
+
+    let err = s
+        .submit(
+            "redline.sleep",
+            serde_json::json!({"seconds": "long", "extra": 1}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["kwargs.extra", "kwargs.seconds"]);
+
+    let err = s
+        .submit("redline.sleep", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violations(&err),
+        [(
+            "kwargs.seconds".to_owned(),
+            "seconds is required".to_owned()
+        )]
+    );
+
+    let big = "x".repeat(5000);
+    let err = s
+        .submit("redline.echo", serde_json::json!({ "blob": big }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit"), "{}", err.message());
+
+    let mut c = s.client.clone();
+    let err = c
+        .submit_task(SubmitTaskRequest {
+            task_name: "redline.noop".into(),
+            priority: Some(12),
+            queue: "bad queue".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["queue", "priority"]);
+
+    let err = c
+        .submit_tasks(SubmitTasksRequest {
+            tasks: vec![
+                SubmitTaskRequest {
+                    task_name: "redline.noop".into(),
+                    ..Default::default()
+                },
+                SubmitTaskRequest {
+                    task_name: "nope".into(),
+                    ..Default::default()
+                },
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err)[0].0, "tasks[1].task_name");
+    // Nothing of the rejected batch was enqueued.
+    let list = c
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.total, 0);
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_ids() {
+    let s = suite(false).await;
+    let mut c = s.client.clone();
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(s.get(&unknown).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        c.get_task_result(GetTaskResultRequest {
+            task_id: unknown.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.cancel_task(CancelTaskRequest {
+            task_id: unknown.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.retry_task(RetryTaskRequest {
+            task_id: unknown.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.watch_task(WatchTaskRequest { task_id: unknown })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    for bad in ["", "../etc", "a b", &"x".repeat(200)] {
+        assert_eq!(
+            s.get(bad).await.unwrap_err().code(),
+            Code::InvalidArgument,
+            "{bad:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cancel_retry_list_stats_and_idempotency() {
+    let s = suite(false).await;
+    let mut c = s.client.clone();
+    let a = s
+        .submit("redline.noop", serde_json::json!({}))
+        .await
+        .unwrap();
+    let cancelled = c
+        .cancel_task(CancelTaskRequest {
+            task_id: a.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state, TaskState::Cancelled as i32);
+    assert_eq!(s.get(&a.task_id).await.unwrap().status, "REVOKED");
+    let again = c
+        .cancel_task(CancelTaskRequest {
+            task_id: a.task_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    let b = s
+        .submit("redline.noop", serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.retry_task(RetryTaskRequest {
+            task_id: b.task_id.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        c.retry_task(RetryTaskRequest {
+            task_id: a.task_id.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state,
+        TaskState::Queued as i32
+    );
+
+    let req = SubmitTaskRequest {
+        task_name: "redline.noop".into(),
+        idempotency_key: "order-1".into(),
+        ..Default::default()
+    };
+    let first = c.submit_task(req.clone()).await.unwrap().into_inner();
+    let second = c.submit_task(req).await.unwrap().into_inner();
+    assert_eq!((second.task_id, second.duplicate), (first.task_id, true));
+
+    let pending = c
+        .list_tasks(ListTasksRequest {
+            status: "PENDING".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pending.total, 3);
+    let page = c
+        .list_tasks(ListTasksRequest {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.total, 2);
+    let rest = c
+        .list_tasks(ListTasksRequest {
+            limit: 2,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.total, 1);
+    let bad = c
+        .list_tasks(ListTasksRequest {
+            status: "WEIRD".into(),
+            page_token: "zzz".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&bad).len(), 2);
+
+    let stats = c
+        .get_queue_stats(GetQueueStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (stats.reserved_tasks, stats.active_tasks, stats.workers),
+        (3, 0, 0)
+    );
+    assert_eq!(stats.queues[0].queue, "redline_tasks");
+
+    let types = c
+        .list_task_types(ListTaskTypesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .task_types;
+    let sleep = types.iter().find(|t| t.name == "redline.sleep").unwrap();
+    assert_eq!(
+        (
+            sleep.arguments[0].name.as_str(),
+            sleep.arguments[0].r#type.as_str(),
+            sleep.arguments[0].required
+        ),
+        ("seconds", "number", true)
+    );
+
+    let cleaned = c
+        .cleanup_tasks(CleanupTasksRequest { days: Some(0) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cleaned.message, "Cleaned up tasks older than 0 days");
+}
+
+#[tokio::test]
+async fn redis_outage_fails_fast_flips_readiness_and_recovers() {
+    let mut s = suite(false).await;
+    s.redis.kill();
+    let start = Instant::now();
+    let err = s
+        .submit("redline.noop", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    s.wait_ready(false, Duration::from_secs(5)).await;
+    let mut h = s.health.clone();
+    let live = h
+        .check(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        live.status,
+        ServingStatus::Serving as i32,
+        "liveness never depends on redis"
+    );
+
+    s.redis.restart();
+    let back = Instant::now();
+    s.wait_ready(true, Duration::from_secs(5)).await;
+    loop {
+        if s.submit("redline.noop", serde_json::json!({}))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "no recovery within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn traceparent_metadata_is_stored_on_the_task() {
+    let s = suite(false).await;
+    let mut req = Request::new(SubmitTaskRequest {
+        task_name: "redline.noop".into(),
+        ..Default::default()
+    });
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    req.metadata_mut()
+        .insert("traceparent", tp.parse().unwrap());
+    let id = s
+        .client
+        .clone()
+        .submit_task(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    assert_eq!(s.get(&id).await.unwrap().traceparent, tp);
+}
