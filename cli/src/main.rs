@@ -1,2 +1,138 @@
-//! The `redline` command.
-fn main() {}
+//! The `redline` command: `redline up` runs the whole suite locally; the other commands talk to it.
+
+mod bench;
+mod client;
+mod up;
+
+use clap::{Parser, Subcommand};
+use redline_runtime::{EXIT_USAGE, LogFormat, ProcessEnv};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "redline",
+    version,
+    about = "Background tasks and rate limits for REDLINE."
+)]
+struct Cli {
+    #[command(flatten)]
+    endpoint: client::Endpoint,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole suite locally (private Redis, TaskService, workers) until Ctrl-C.
+    Up(up::UpArgs),
+    /// Submit a task.
+    Submit(client::SubmitArgs),
+    /// Show a task.
+    Status {
+        /// Task id.
+        id: String,
+    },
+    /// Follow a task's state and progress until it ends.
+    Watch {
+        /// Task id.
+        id: String,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+    /// Requeue a failed or cancelled task.
+    Retry {
+        /// Task id.
+        id: String,
+    },
+    /// List tasks, newest first.
+    List {
+        /// Filter: PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED (or a state name).
+        #[arg(long)]
+        status: Option<String>,
+        /// Most tasks to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only the dead-letter index (failed for good).
+        #[arg(long)]
+        dead_letter: bool,
+    },
+    /// Workers, registered task types and queue statistics.
+    Inspect {
+        #[command(subcommand)]
+        what: client::Inspect,
+    },
+    /// Benchmarks that print figures and ratios against a reference measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
+    },
+    /// Run one service in the foreground (what `redline up` starts).
+    Serve {
+        #[command(subcommand)]
+        service: Service,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Service {
+    /// TaskService (same flags as redline-tasks).
+    Tasks(redline_tasks::config::Args),
+    /// A worker (same flags as redline-worker).
+    Worker(redline_worker::config::Args),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Up(_));
+    if !quiet {
+        redline_runtime::init_tracing(LogFormat::parse(
+            std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
+        ));
+    }
+    let result = match cli.command {
+        Command::Up(args) => up::run(args, redline_runtime::shutdown_on_signal()).await,
+        Command::Submit(args) => client::submit(&cli.endpoint, args).await,
+        Command::Status { id } => client::status(&cli.endpoint, &id).await,
+        Command::Watch { id } => client::watch(&cli.endpoint, &id).await,
+        Command::Cancel { id } => client::cancel(&cli.endpoint, &id).await,
+        Command::Retry { id } => client::retry(&cli.endpoint, &id).await,
+        Command::List {
+            status,
+            limit,
+            dead_letter,
+        } => client::list(&cli.endpoint, status, limit, dead_letter).await,
+        Command::Inspect { what } => client::inspect(&cli.endpoint, what).await,
+        Command::Bench { what } => bench::run(what).await,
+        Command::Serve { service } => serve(service).await,
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(service: Service) -> anyhow::Result<()> {
+    let shutdown = redline_runtime::shutdown_on_signal();
+    match service {
+        Service::Tasks(args) => {
+            let config =
+                redline_tasks::Config::from_args(args, &ProcessEnv).unwrap_or_else(|e| usage(e));
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            redline_tasks::run(config, listener, shutdown).await?;
+        }
+        Service::Worker(args) => {
+            let config =
+                redline_worker::Config::from_args(args, &ProcessEnv).unwrap_or_else(|e| usage(e));
+            redline_worker::run(config, redline_worker::default_registry(), shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+fn usage(e: redline_runtime::ConfigErrors) -> ! {
+    eprintln!("{e}");
+    std::process::exit(EXIT_USAGE)
+}
