@@ -106,7 +106,14 @@ async fn main() {
         } => client::list(&cli.endpoint, status, limit, dead_letter).await,
         Command::Inspect { what } => client::inspect(&cli.endpoint, what).await,
         Command::Bench { what } => bench::run(what).await,
-        Command::Serve { service } => serve(service).await,
+        Command::Serve { service } => match serve(service).await {
+            Err(Failure::Usage(e)) => {
+                eprintln!("{e}");
+                std::process::exit(EXIT_USAGE);
+            }
+            Err(Failure::Other(e)) => Err(e),
+            Ok(()) => Ok(()),
+        },
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -114,25 +121,32 @@ async fn main() {
     }
 }
 
-async fn serve(service: Service) -> anyhow::Result<()> {
+/// Why `redline serve` stopped: bad configuration (exit 64) or anything else.
+enum Failure {
+    Usage(redline_runtime::ConfigErrors),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+async fn serve(service: Service) -> Result<(), Failure> {
     let shutdown = redline_runtime::shutdown_on_signal();
     match service {
         Service::Tasks(args) => {
             let config =
-                redline_tasks::Config::from_args(args, &ProcessEnv).unwrap_or_else(|e| usage(e));
+                redline_tasks::Config::from_args(args, &ProcessEnv).map_err(Failure::Usage)?;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             redline_tasks::run(config, listener, shutdown).await?;
         }
         Service::Worker(args) => {
             let config =
-                redline_worker::Config::from_args(args, &ProcessEnv).unwrap_or_else(|e| usage(e));
+                redline_worker::Config::from_args(args, &ProcessEnv).map_err(Failure::Usage)?;
             redline_worker::run(config, redline_worker::default_registry(), shutdown).await?;
         }
     }
     Ok(())
-}
-
-fn usage(e: redline_runtime::ConfigErrors) -> ! {
-    eprintln!("{e}");
-    std::process::exit(EXIT_USAGE)
 }
