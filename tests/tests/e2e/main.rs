@@ -1,0 +1,3 @@
+//! End-to-end scenarios across processes and languages.
+
+mod python;
