@@ -41,7 +41,11 @@ impl Suite {
         };
         let worker = redline_worker::Config::from_args(worker_args, &no_env)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        tokio::spawn(redline_worker::run(worker, redline_worker::default_registry(), stop.clone()));
+        tokio::spawn(redline_worker::run(
+            worker,
+            redline_worker::default_registry(),
+            stop.clone(),
+        ));
         Ok(Self {
             redis,
             tasks_addr,

@@ -156,12 +156,12 @@ pub struct TaskRecord {
     pub eta_ms: Option<u64>,
     /// Idempotency key.
     pub idempotency_key: Option<String>,
-    /// Submission time, epoch ms.
-    pub submitted_ms: u64,
-    /// Start of the current or last attempt, epoch ms.
-    pub started_ms: Option<u64>,
-    /// End time, epoch ms.
-    pub completed_ms: Option<u64>,
+    /// Submission time, epoch µs (Redis clock).
+    pub submitted_us: u64,
+    /// Start of the current or last attempt, epoch µs.
+    pub started_us: Option<u64>,
+    /// End time, epoch µs.
+    pub completed_us: Option<u64>,
     /// Last progress report (`{step, progress, ...}`).
     pub progress: Option<Value>,
     /// Result of a succeeded task.
@@ -200,9 +200,9 @@ impl TaskRecord {
             time_limit: Duration::from_millis(num("limit").unwrap_or(0)),
             eta_ms: num("eta"),
             idempotency_key: text("idem"),
-            submitted_ms: num("submitted").unwrap_or(0),
-            started_ms: num("started"),
-            completed_ms: num("completed"),
+            submitted_us: num("submitted").unwrap_or(0),
+            started_us: num("started"),
+            completed_us: num("completed"),
             progress: json("progress"),
             result: json("result"),
             error: text("error"),
@@ -239,8 +239,8 @@ pub struct ClaimedTask {
     pub traceparent: Option<String>,
     /// Queue it came from.
     pub queue: String,
-    /// Submission time, epoch ms.
-    pub submitted_ms: u64,
+    /// Submission time, epoch µs.
+    pub submitted_us: u64,
 }
 
 /// The result of one claim call.

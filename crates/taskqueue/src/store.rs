@@ -387,7 +387,7 @@ impl TaskStore {
                 .into_iter()
                 .flatten()
                 .min()
-                .map(|t| Duration::from_millis(now.saturating_sub(t)));
+                .map(|t| Duration::from_micros((now * 1000).saturating_sub(t)));
         }
         Ok(stats)
     }
@@ -601,7 +601,7 @@ impl TaskStore {
                 time_limit: Duration::from_millis(text(&f[8]).parse().unwrap_or(0)),
                 traceparent: Some(text(&f[9])).filter(|s| !s.is_empty()),
                 queue: text(&f[10]),
-                submitted_ms: text(&f[11]).parse().unwrap_or(0),
+                submitted_us: text(&f[11]).parse().unwrap_or(0),
             });
         }
         Ok(Claim::Tasks { tasks, next_wake })

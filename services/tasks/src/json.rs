@@ -91,6 +91,14 @@ pub fn timestamp(ms: u64) -> prost_types::Timestamp {
     }
 }
 
+/// Epoch microseconds as a `Timestamp`.
+pub fn timestamp_us(us: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (us / 1_000_000) as i64,
+        nanos: ((us % 1_000_000) * 1000) as i32,
+    }
+}
+
 /// A `Timestamp` as epoch milliseconds; `None` before the epoch or out of range.
 pub fn timestamp_ms(t: &prost_types::Timestamp) -> Option<u64> {
     if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {

@@ -13,14 +13,15 @@ local key = KEYS[1]
 local r = redis.call('HMGET', key, 'state', 'queue', 'prio', 'worker')
 local state, q = r[1], r[2]
 if not state then return { 'missing', '' } end
-local now = now_ms()
+local now_micros = now_us()
+local now = math.floor(now_micros / 1000)
 if state == 'queued' or state == 'scheduled' then
   if state == 'queued' then
     redis.call('LREM', queue_key(q, r[3]), 1, id)
   else
     redis.call('ZREM', sched_key(q), id)
   end
-  redis.call('HSET', key, 'state', 'cancelled', 'completed', now)
+  redis.call('HSET', key, 'state', 'cancelled', 'completed', now_micros)
   redis.call('HDEL', key, 'eta')
   redis.call('EXPIRE', key, result_ttl)
   redis.call('ZADD', KEYS[2], now, id)

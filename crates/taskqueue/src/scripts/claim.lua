@@ -17,7 +17,8 @@ local wid, max, lease = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local max_recoveries, result_ttl, dead_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local queues = {}
 for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
-local now = now_ms()
+local now_micros = now_us()
+local now = math.floor(now_micros / 1000)
 
 if not redis.call('ZSCORE', KEYS[1], wid) then return { -1 } end
 redis.call('ZADD', KEYS[1], now + lease, wid)
@@ -35,14 +36,14 @@ for _, dw in ipairs(dead) do
       redis.call('HINCRBY', stats_key(q), 'running', -1)
       redis.call('HINCRBY', KEYS[3], 'lease_expiries', 1)
       if r[5] == '1' then
-        redis.call('HSET', key, 'state', 'cancelled', 'completed', now, 'error', 'cancelled while its worker was lost')
+        redis.call('HSET', key, 'state', 'cancelled', 'completed', now_micros, 'error', 'cancelled while its worker was lost')
         redis.call('HDEL', key, 'worker', 'cancel')
         redis.call('EXPIRE', key, result_ttl)
         redis.call('ZADD', NS .. ':done', now, id)
         redis.call('HINCRBY', stats_key(q), 'cancelled', 1)
       elseif recoveries > max_recoveries then
         -- Poison-pill quarantine: a task that keeps killing its workers goes to the dead-letter index.
-        redis.call('HSET', key, 'state', 'failed', 'completed', now, 'recoveries', recoveries,
+        redis.call('HSET', key, 'state', 'failed', 'completed', now_micros, 'recoveries', recoveries,
           'error', 'worker lost ' .. recoveries .. ' times while running this task')
         redis.call('HDEL', key, 'worker')
         redis.call('ZADD', NS .. ':dead', now, id)
@@ -101,7 +102,7 @@ for p = 9, 0, -1 do
       if r[1] == 'queued' then
         local attempt = tonumber(r[5] or '0') + 1
         local fence = redis.call('HINCRBY', key, 'fence', 1)
-        redis.call('HSET', key, 'state', 'running', 'worker', wid, 'started', now, 'attempt', attempt)
+        redis.call('HSET', key, 'state', 'running', 'worker', wid, 'started', now_micros, 'attempt', attempt)
         redis.call('SADD', akey, id)
         redis.call('HINCRBY', stats_key(q), 'running', 1)
         task_event(id, 'running')

@@ -5,10 +5,13 @@
 -- declares in KEYS.
 local NS = ARGV[1]
 
-local function now_ms()
+-- Redis's clock, so every host agrees. Scheduling (due times, leases, index scores) uses milliseconds;
+-- the record's submitted/started/completed times are kept in microseconds for latency measurements.
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
+local function now_ms() return math.floor(now_us() / 1000) end
 
 local function task_key(id) return NS .. ':t:' .. id end
 local function queue_key(q, p) return NS .. ':q:' .. q .. ':' .. p end

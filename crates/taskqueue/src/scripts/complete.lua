@@ -16,7 +16,8 @@
 local wid = ARGV[2]
 local result_ttl, dead_ttl, dead_cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
-local now = now_ms()
+local now_micros = now_us()
+local now = math.floor(now_micros / 1000)
 local out = {}
 local failed_any = false
 for i = 0, n - 1 do
@@ -39,7 +40,7 @@ for i = 0, n - 1 do
     local state
     if kind == 'ok' then
       state = 'succeeded'
-      redis.call('HSET', key, 'state', state, 'result', payload, 'completed', now)
+      redis.call('HSET', key, 'state', state, 'result', payload, 'completed', now_micros)
       redis.call('HDEL', key, 'error')
       redis.call('EXPIRE', key, result_ttl)
       redis.call('ZADD', KEYS[3], now, id)
@@ -55,7 +56,7 @@ for i = 0, n - 1 do
       wake(q) -- idle workers re-read the earliest due time
     elseif kind == 'fail' then
       state = 'failed'
-      redis.call('HSET', key, 'state', state, 'error', payload, 'completed', now)
+      redis.call('HSET', key, 'state', state, 'error', payload, 'completed', now_micros)
       redis.call('EXPIRE', key, dead_ttl)
       redis.call('ZADD', KEYS[2], now, id)
       redis.call('ZADD', KEYS[3], now, id)
@@ -63,7 +64,7 @@ for i = 0, n - 1 do
       failed_any = true
     elseif kind == 'cancelled' then
       state = 'cancelled'
-      redis.call('HSET', key, 'state', state, 'error', payload, 'completed', now)
+      redis.call('HSET', key, 'state', state, 'error', payload, 'completed', now_micros)
       redis.call('EXPIRE', key, result_ttl)
       redis.call('ZADD', KEYS[3], now, id)
       redis.call('HINCRBY', sq, 'cancelled', 1)

@@ -12,7 +12,8 @@
 -- not at all. A crash between "record written" and "queued" would leave a task that never runs; between
 -- "queued" and "idempotency key set" a client retry would enqueue a duplicate.
 local n = tonumber(ARGV[2])
-local now = now_ms()
+local now_micros = now_us()
+local now = math.floor(now_micros / 1000)
 local woken = {}
 local out = {}
 local F = 13
@@ -54,7 +55,7 @@ for i = 0, n - 1 do
       woken[q] = true
     end
     -- Empty or default values are not stored: a queued no-op task must stay small in memory.
-    redis.call('HSET', key, 'name', name, 'queue', q, 'prio', prio, 'submitted', now,
+    redis.call('HSET', key, 'name', name, 'queue', q, 'prio', prio, 'submitted', now_micros,
       'max_retries', max_retries, 'limit', limit)
     if args ~= '' then redis.call('HSET', key, 'args', args) end
     if kwargs ~= '' then redis.call('HSET', key, 'kwargs', kwargs) end

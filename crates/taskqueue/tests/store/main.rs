@@ -75,7 +75,7 @@ async fn submit_then_get_and_unknown_ids_are_absent() {
     assert_eq!(rec.kwargs, json!({"x": 1}));
     assert_eq!(rec.priority, 5);
     assert_eq!(rec.max_retries, 3);
-    assert!(rec.submitted_ms > 0);
+    assert!(rec.submitted_us > 0);
     assert_eq!(f.store.get("no-such-task").await.expect("get"), None);
 }
 
@@ -110,7 +110,7 @@ async fn claim_then_complete_records_the_result() {
     let rec = f.store.get(&t.id).await.unwrap().unwrap();
     assert_eq!(rec.state, TaskState::Succeeded);
     assert_eq!(rec.result, Some(json!({"ok": true})));
-    assert!(rec.completed_ms.is_some());
+    assert!(rec.completed_us.is_some());
     let ttl: i64 = f
         .store
         .client()
