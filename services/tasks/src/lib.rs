@@ -24,8 +24,8 @@ use redline_taskqueue::catalog::{Catalog, TaskSpec};
 use redline_taskqueue::connect::{self, RedisOptions};
 use redline_taskqueue::{QueueConfig, TaskStore};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 pub use config::Config;
@@ -141,7 +141,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(server)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        // TCP_NODELAY: without it, Nagle's algorithm holds small responses (stream messages, replies that
+        // follow a multi-segment request) for the peer's delayed ACK, adding ~40 ms.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
     let grace = config.shutdown_grace;
     tokio::pin!(serve);
     tokio::select! {
