@@ -8,6 +8,7 @@
 //! - drain: 100,000 queued `redline.noop` tasks with 2 worker processes;
 //! - latency: submit → start at 1,000 tasks/s offered (times from the Redis clock, in µs), and the
 //!   submit → result round trip through WatchTask.
+//!
 //! Each throughput figure is the median of several runs. Run it on a release build:
 //! `cargo run --release -p redline -- bench tasks`.
 
@@ -111,10 +112,7 @@ async fn tasks(args: TaskBenchArgs) -> anyhow::Result<()> {
 
     // The physical reference: unpipelined LPUSH from 50 clients.
     let lpush = redis_benchmark_lpush(redis.port()).await?;
-    println!(
-        "reference  redis-benchmark -t lpush -c 50 -n 200000 ........ {:>9.0} ops/s",
-        lpush
-    );
+    println!("reference  redis-benchmark -t lpush -c 50 -n 200000 ........ {lpush:>9.0} ops/s");
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -230,13 +228,11 @@ async fn tasks(args: TaskBenchArgs) -> anyhow::Result<()> {
     let ids = open_loop(&clients, 1000, Duration::from_secs(args.latency_seconds)).await?;
     wait_succeeded(&store, ids.len() as u64, Duration::from_secs(30)).await?;
     let mut start_latency = Histogram::<u64>::new(3)?;
-    for chunk in ids.chunks(500) {
-        for id in chunk {
-            if let Some(r) = store.get(id).await? {
-                if let (Some(started), TaskState::Succeeded) = (r.started_us, r.state) {
-                    start_latency.record(started.saturating_sub(r.submitted_us))?;
-                }
-            }
+    for id in &ids {
+        if let Some(r) = store.get(id).await?
+            && let (Some(started), TaskState::Succeeded) = (r.started_us, r.state)
+        {
+            start_latency.record(started.saturating_sub(r.submitted_us))?;
         }
     }
     println!(
