@@ -19,7 +19,8 @@
 /// Layouts: fixed window is a hash `{c = count, e = window end ms}`; sliding window a hash `{w = window id,
 /// c = count in w, p = count in w-1}`; GCRA a string holding the theoretical arrival time in µs. Every key gets
 /// a TTL so abandoned counters disappear; correctness never depends on the TTL (ends and ids are stored), so
-/// an early or late expiry after a Redis restart cannot lock a client out.
+/// an early or late expiry after a Redis restart cannot lock a client out. The TTL is one second longer than
+/// the state matters: in client-time mode an instance whose clock lags Redis's still finds the counter.
 ///
 /// Arithmetic mirrors [`super::model::evaluate`] step by step. Numbers stay below 2^53 (limits ≤ 1e9, windows
 /// ≤ 10 years), so Lua doubles are exact; integers written back go through `%.0f` because Lua's default
@@ -132,7 +133,7 @@ for i = 1, n do
     local ttl = w[#w]
     w[#w] = nil
     redis.call(unpack(w))
-    redis.call('PEXPIRE', w[2], math.max(ttl, 1))
+    redis.call('PEXPIRE', w[2], ttl + 1000)
   elseif (not all_ok) and ok then
     -- Another limit refused, so this one consumed nothing.
     remaining = math.min(remaining + cost, limit)

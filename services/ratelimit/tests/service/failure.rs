@@ -1,0 +1,173 @@
+//! Failure modes: Redis stopped, each rule does what its `failure_mode` says within the timeout, and normal
+//! service resumes when Redis returns.
+
+use std::time::{Duration, Instant};
+
+use redline_proto::envoy::service::ratelimit::v3::RateLimitRequest;
+use redline_proto::redline::ratelimit::v1 as pb;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::fixture::{Redis, ScratchDir, Service, descriptor, rule_file};
+
+const RULES: &str = r#"
+domain: f
+descriptors:
+  - key: open
+    failure_mode: open
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: closed
+    failure_mode: closed
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: local
+    failure_mode: local
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: error
+    rate_limit: {unit: minute, requests_per_unit: 2}
+"#;
+
+/// Generous bound for one RPC on a loaded CI machine; the decision itself waits at most 20 ms for Redis.
+const RPC_BOUND: Duration = Duration::from_millis(250);
+
+fn request(key: &str, value: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        domain: "f".to_owned(),
+        descriptors: vec![descriptor(&[(key, value)])],
+        ..Default::default()
+    }
+}
+
+async fn readiness(health: &mut HealthClient<tonic::transport::Channel>) -> ServingStatus {
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "readiness".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_mode_behaves_as_specified_and_service_resumes() {
+    let mut redis = Redis::start();
+    let dir = ScratchDir::new("failure");
+    let path = rule_file(&dir.0, RULES);
+    let service = Service::start(
+        &redis.url(),
+        &["--config", path.to_str().unwrap(), "--timeout-ms", "20"],
+    )
+    .await;
+    let mut client = service.client().await;
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(service.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        !client
+            .check(request("error", "a"))
+            .await
+            .unwrap()
+            .get_ref()
+            .degraded
+    );
+
+    redis.kill();
+
+    // open: allowed, whatever the count.
+    for _ in 0..4 {
+        let started = Instant::now();
+        let r = client
+            .check(request("open", "a"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(started.elapsed() < RPC_BOUND, "{:?}", started.elapsed());
+        assert!(r.allowed && r.degraded);
+        assert_eq!(r.limits[0].source(), pb::DecisionSource::FailedOpen);
+    }
+    // closed: refused.
+    let started = Instant::now();
+    let r = client
+        .check(request("closed", "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(started.elapsed() < RPC_BOUND);
+    assert!(!r.allowed);
+    assert_eq!(r.limits[0].source(), pb::DecisionSource::FailedClosed);
+    // local: the limit still holds, from process memory.
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = client
+            .check(request("local", "a"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(started.elapsed() < RPC_BOUND);
+        assert_eq!(r.limits[0].source(), pb::DecisionSource::Local);
+        outcomes.push(r.allowed);
+    }
+    assert_eq!(outcomes, [true, true, false]);
+    // error (the default): UNAVAILABLE, on both APIs; never an OK answer with an UNKNOWN code.
+    let started = Instant::now();
+    let err = client.check(request("error", "a")).await.unwrap_err();
+    assert!(started.elapsed() < RPC_BOUND);
+    assert_eq!(err.code(), Code::Unavailable);
+    let mut envoy = service.envoy().await;
+    let err = envoy
+        .should_rate_limit(RateLimitRequest {
+            domain: "f".to_owned(),
+            descriptors: vec![redline_proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+                entries: vec![redline_proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry {
+                    key: "error".to_owned(),
+                    value: "a".to_owned(),
+                }],
+                limit: None,
+                hits_addend: None,
+            }],
+            hits_addend: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+
+    // Readiness follows Redis (these rules do not all fail open); liveness does not.
+    let mut ready = ServingStatus::Serving;
+    for _ in 0..60 {
+        ready = readiness(&mut health).await;
+        if ready == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, ServingStatus::NotServing);
+
+    // Redis returns: the client reconnects by itself and decisions come from Redis again.
+    redis.restart();
+    let mut resumed = None;
+    for _ in 0..100 {
+        if let Ok(r) = client.check(request("error", "a")).await {
+            resumed = Some(r.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumed = resumed.expect("service resumed after Redis came back");
+    assert!(!resumed.degraded);
+    assert_eq!(resumed.limits[0].source(), pb::DecisionSource::Redis);
+    for _ in 0..60 {
+        ready = readiness(&mut health).await;
+        if ready == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, ServingStatus::Serving);
+    service.stop().await;
+}
