@@ -47,9 +47,11 @@ impl From<LimitError> for Status {
 /// Logs server-side failures with their cause chain, then converts.
 fn fail(e: LimitError) -> Status {
     match &e {
-        LimitError::Unavailable(cause) | LimitError::Store(cause) => {
-            tracing::warn!(error = %e, cause = %cause, "decision failed");
+        // Outages are logged once per transition by the limiter; per decision they would flood the logs.
+        LimitError::Unavailable(cause) => {
+            tracing::debug!(error = %e, cause = %cause, "decision failed");
         }
+        LimitError::Store(cause) => tracing::warn!(error = %e, cause = %cause, "decision failed"),
         LimitError::Config(_) => tracing::warn!(error = %e, "rule reload rejected"),
         LimitError::InvalidArgument(_)
         | LimitError::UnknownDomain(_)

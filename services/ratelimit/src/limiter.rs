@@ -187,7 +187,8 @@ impl Limiter {
             store,
             memory: MemoryStore::new(local_max_keys),
             timeout,
-            store_up: AtomicBool::new(true),
+            // Unknown until the first answer or probe; readiness starts NOT_SERVING.
+            store_up: AtomicBool::new(false),
             stats: Stats::default(),
         }
     }
@@ -218,7 +219,7 @@ impl Limiter {
                 "Redis unreachable: limits now follow their failure_mode (error → UNAVAILABLE, open → allow, closed → refuse, local → process memory)"
             );
         } else if !was && up {
-            tracing::info!("Redis reachable again: limits are decided in Redis");
+            tracing::info!("Redis reachable: limits are decided in Redis");
         }
     }
 

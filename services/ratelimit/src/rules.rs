@@ -295,13 +295,16 @@ impl RuleSet {
         out
     }
 
-    /// True when no configured limit needs Redis while it is away (every rule fails open or local).
+    /// True when no configured limit needs Redis while it is away (every rule fails open or local). False
+    /// without rules: callers then bring their own limits, whose modes are unknown in advance.
     pub fn survives_store_outage(&self) -> bool {
-        self.list().iter().all(|r| {
-            r.rule.as_ref().is_none_or(|r| {
-                matches!(r.def.failure_mode, FailureMode::Open | FailureMode::Local)
+        let listed = self.list();
+        !listed.is_empty()
+            && listed.iter().all(|r| {
+                r.rule.as_ref().is_none_or(|r| {
+                    matches!(r.def.failure_mode, FailureMode::Open | FailureMode::Local)
+                })
             })
-        })
     }
 }
 

@@ -171,3 +171,36 @@ async fn each_failure_mode_behaves_as_specified_and_service_resumes() {
     assert_eq!(ready, ServingStatus::Serving);
     service.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_ignores_redis_when_every_rule_fails_open() {
+    let mut redis = Redis::start();
+    let dir = ScratchDir::new("open-only");
+    let path = rule_file(
+        &dir.0,
+        "domain: f\ndescriptors:\n  - key: k\n    failure_mode: open\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
+    );
+    let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(service.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    redis.kill();
+    // Two failed probes a second apart flip readiness when Redis matters; here it must not flip.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(readiness(&mut health).await, ServingStatus::Serving);
+    let mut client = service.client().await;
+    let listed = client
+        .list_rules(pb::ListRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !listed.store_available,
+        "the outage is still visible to operators"
+    );
+    service.stop().await;
+}
