@@ -29,6 +29,10 @@ use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitS
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::limiter::{DecisionRequest, DescriptorRequest, Limiter, UnknownDomain};
+use crate::rules::RuleSet;
+use crate::store::keys::KeySpace;
+use crate::store::redis::{RedisStore, TimeMode};
 use crate::store::scripts::BENCH_REFERENCE;
 
 /// Benchmark options.
@@ -173,12 +177,30 @@ async fn reference(url: &str, sha: &str, keys: u64) -> anyhow::Result<f64> {
 struct Clients {
     redline: Vec<RateLimitServiceClient<Channel>>,
     envoy: Vec<EnvoyClient<Channel>>,
+    /// The decision engine without gRPC, to separate the service's own cost from the RPC layer's.
+    engine: Arc<Limiter>,
 }
 
 fn call(clients: &Clients, scenario: &str, i: u64, keys: u64) -> BoxFuture<'static, bool> {
     let n = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % keys;
     let value = format!("u{n}");
     let lane = usize::try_from(i).unwrap_or(0) % clients.redline.len();
+    if scenario == "engine" {
+        let engine = clients.engine.clone();
+        return Box::pin(async move {
+            let request = DecisionRequest {
+                domain: "bench".to_owned(),
+                descriptors: vec![DescriptorRequest {
+                    entries: vec![("fixed".to_owned(), value)],
+                    limits: None,
+                    cost: 1,
+                }],
+                dry_run: false,
+                unknown_domain: UnknownDomain::Reject,
+            };
+            engine.decide(&request).await.is_ok_and(|d| d.allowed)
+        });
+    }
     if scenario == "envoy" {
         let mut client = clients.envoy[lane].clone();
         Box::pin(async move {
@@ -325,7 +347,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         redline.push(RateLimitServiceClient::new(channel.clone()));
         envoy.push(EnvoyClient::new(channel));
     }
-    let clients = Arc::new(Clients { redline, envoy });
+    let timeout = Duration::from_millis(20);
+    let engine_client = crate::store::redis::connect(&url, timeout)?;
+    engine_client.wait_for_connect().await?;
+    let engine = Arc::new(Limiter::new(
+        RuleSet::from_yaml(RULES)?,
+        None,
+        KeySpace::new(&format!("redline:bench:engine:{}", rand::random::<u32>()))?,
+        Arc::new(RedisStore::new(engine_client, TimeMode::Redis, timeout)),
+        timeout,
+        1_000,
+    ));
+    let clients = Arc::new(Clients {
+        redline,
+        envoy,
+        engine,
+    });
     // Wait until the service has connected to Redis.
     let mut ready = false;
     for i in 0..250 {

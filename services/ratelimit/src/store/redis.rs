@@ -164,17 +164,17 @@ impl RedisStore {
     }
 }
 
+/// Only error replies that say the script failed or a key has the wrong type are protocol errors (a bug, or a foreign key of
+/// another type under our prefix). Everything else, including replies such as `LOADING` (Redis replaying its
+/// AOF after a restart), `BUSY` or `READONLY`, and every connection-level failure, means "Redis cannot decide
+/// now", so the failure modes apply.
 fn classify(e: fred::error::Error) -> StoreError {
-    use fred::error::ErrorKind;
-    match e.kind() {
-        ErrorKind::IO
-        | ErrorKind::Timeout
-        | ErrorKind::Canceled
-        | ErrorKind::Backpressure
-        | ErrorKind::Routing
-        | ErrorKind::Cluster
-        | ErrorKind::Auth => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Protocol(e.to_string()),
+    let details = e.details();
+    let script_failed = details.starts_with("ERR") && details.contains("script");
+    if script_failed || details.starts_with("WRONGTYPE") {
+        StoreError::Protocol(e.to_string())
+    } else {
+        StoreError::Unavailable(e.to_string())
     }
 }
 
