@@ -60,10 +60,11 @@ pub struct BenchArgs {
     /// Distinct client keys the decisions are spread over.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
-    /// Scenarios to run (comma-separated): fixed, sliding, gcra, three, envoy.
+    /// Scenarios to run (comma-separated): fixed, sliding, gcra, three, envoy, and engine (the fixed-window
+    /// decision without gRPC, in this process).
     #[arg(
         long,
-        default_value = "fixed,sliding,gcra,three,envoy",
+        default_value = "fixed,sliding,gcra,three,envoy,engine",
         value_delimiter = ','
     )]
     pub scenarios: Vec<String>,

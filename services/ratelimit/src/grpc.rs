@@ -234,6 +234,19 @@ fn check_response(d: &Decision) -> pb::CheckResponse {
     }
 }
 
+fn counters(limiter: &Limiter) -> pb::DecisionCounters {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &limiter.stats;
+    pb::DecisionCounters {
+        redis: stats.redis.load(Relaxed),
+        failed_open: stats.failed_open.load(Relaxed),
+        failed_closed: stats.failed_closed.load(Relaxed),
+        local: stats.local.load(Relaxed),
+        unavailable: stats.unavailable.load(Relaxed),
+        local_keys: u64::try_from(limiter.local_keys()).unwrap_or(u64::MAX),
+    }
+}
+
 // === redline.ratelimit.v1 ===
 
 /// `redline.ratelimit.v1.RateLimitService`.
@@ -315,6 +328,7 @@ impl pb::rate_limit_service_server::RateLimitService for RedlineService {
                 .unwrap_or_default(),
             loaded_at: rules.loaded_at.map(prost_types::Timestamp::from),
             store_available: self.limiter.store_available(),
+            counters: Some(counters(&self.limiter)),
         }))
     }
 

@@ -422,3 +422,77 @@ async fn health_and_reflection_are_served() {
     }
     service.stop().await;
 }
+
+#[tokio::test]
+async fn cli_commands_talk_to_the_service() {
+    use redline_ratelimit::cli::{LimitsCommand, TargetArgs, run};
+    let redis = Redis::start();
+    let service = Service::start(&redis.url(), &[]).await;
+    let target = TargetArgs {
+        domain: String::new(),
+        entries: Vec::new(),
+        key: Some("cli-user".to_owned()),
+        limits: Some("2 per minute".to_owned()),
+    };
+    for _ in 0..3 {
+        run(
+            LimitsCommand::Check {
+                target: target.clone(),
+                cost: 1,
+                dry_run: false,
+            },
+            &service.endpoint,
+        )
+        .await
+        .unwrap();
+    }
+    run(
+        LimitsCommand::Inspect {
+            target: target.clone(),
+        },
+        &service.endpoint,
+    )
+    .await
+    .unwrap();
+    let mut client = service.client().await;
+    let inspect = |client: &mut pb::rate_limit_service_client::RateLimitServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let mut client = client.clone();
+        async move {
+            client
+                .inspect_key(pb::InspectKeyRequest {
+                    key: "cli-user".to_owned(),
+                    limit_expression: "2 per minute".to_owned(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .limits[0]
+                .remaining
+        }
+    };
+    assert_eq!(
+        inspect(&mut client).await,
+        0,
+        "two of three CLI checks consumed quota"
+    );
+    run(LimitsCommand::Reset { target }, &service.endpoint)
+        .await
+        .unwrap();
+    assert_eq!(inspect(&mut client).await, 2);
+    // A bad request is an error, not a panic.
+    let bad = TargetArgs {
+        domain: String::new(),
+        entries: Vec::new(),
+        key: Some("x".to_owned()),
+        limits: Some("lots per fortnight".to_owned()),
+    };
+    assert!(
+        run(LimitsCommand::Inspect { target: bad }, &service.endpoint)
+            .await
+            .is_err()
+    );
+    service.stop().await;
+}

@@ -137,6 +137,25 @@ async fn each_failure_mode_behaves_as_specified_and_service_resumes() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 
+    // The counters say which failure modes were used.
+    let counters = client
+        .list_rules(pb::ListRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .counters
+        .unwrap();
+    assert_eq!(
+        (
+            counters.failed_open,
+            counters.failed_closed,
+            counters.local,
+            counters.local_keys
+        ),
+        (4, 1, 3, 1)
+    );
+    assert!(counters.unavailable >= 2);
+
     // Readiness follows Redis (these rules do not all fail open); liveness does not.
     let mut ready = ServingStatus::Serving;
     for _ in 0..60 {
