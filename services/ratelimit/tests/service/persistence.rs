@@ -117,3 +117,39 @@ async fn quota_survives_a_redis_restart_with_aof() {
     assert!(!check(&mut client).await.allowed);
     service.stop().await;
 }
+
+/// Configuration errors are all reported at once, with exit code 64 (EX_USAGE), before anything starts.
+#[test]
+fn invalid_configuration_exits_64_listing_every_problem() {
+    let dir = crate::fixture::ScratchDir::new("badcfg");
+    let rules = crate::fixture::rule_file(
+        &dir.0,
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_redline-ratelimit"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--timeout-ms",
+            "0",
+            "--key-prefix",
+            "a{b",
+        ])
+        .arg("--config")
+        .arg(&rules)
+        .env("REDIS_URL", "redis://:s3cret@127.0.0.1:1/0")
+        .output()
+        .expect("service binary");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in ["--timeout-ms", "--key-prefix", "fortnight"] {
+        assert!(
+            stderr.contains(expected),
+            "{expected} missing from {stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("s3cret"),
+        "the Redis password must never be printed"
+    );
+}
