@@ -60,11 +60,11 @@ pub struct BenchArgs {
     /// Distinct client keys the decisions are spread over.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
-    /// Scenarios to run (comma-separated): fixed, sliding, gcra, three, envoy, and engine (the fixed-window
-    /// decision without gRPC, in this process).
+    /// Scenarios to run (comma-separated): fixed, sliding, gcra, three, envoy; engine (the fixed-window
+    /// decision without gRPC, in this process) and rpc-only (ListRules: gRPC without Redis) split the cost.
     #[arg(
         long,
-        default_value = "fixed,sliding,gcra,three,envoy,engine",
+        default_value = "fixed,sliding,gcra,three,envoy,engine,rpc-only",
         value_delimiter = ','
     )]
     pub scenarios: Vec<String>,
@@ -201,6 +201,11 @@ fn call(clients: &Clients, scenario: &str, i: u64, keys: u64) -> BoxFuture<'stat
             };
             engine.decide(&request).await.is_ok_and(|d| d.allowed)
         });
+    }
+    if scenario == "rpc-only" {
+        let mut client =
+            clients.redline[usize::try_from(i).unwrap_or(0) % clients.redline.len()].clone();
+        return Box::pin(async move { client.list_rules(pb::ListRulesRequest {}).await.is_ok() });
     }
     if scenario == "envoy" {
         let mut client = clients.envoy[lane].clone();
