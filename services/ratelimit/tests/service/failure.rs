@@ -27,7 +27,8 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 2}
 "#;
 
-/// Generous bound for one RPC on a loaded CI machine; the decision itself waits at most 20 ms for Redis.
+/// Generous bound for one RPC on a loaded CI machine; the decision itself waits at most the decision timeout
+/// (50 ms in these tests) for Redis, and not at all while the client knows it is disconnected.
 const RPC_BOUND: Duration = Duration::from_millis(250);
 
 fn request(key: &str, value: &str) -> pb::CheckRequest {
@@ -56,7 +57,7 @@ async fn each_failure_mode_behaves_as_specified_and_service_resumes() {
     let path = rule_file(&dir.0, RULES);
     let service = Service::start(
         &redis.url(),
-        &["--config", path.to_str().unwrap(), "--timeout-ms", "20"],
+        &["--config", path.to_str().unwrap(), "--timeout-ms", "50"],
     )
     .await;
     let mut client = service.client().await;
@@ -221,5 +222,66 @@ async fn readiness_ignores_redis_when_every_rule_fails_open() {
         !listed.store_available,
         "the outage is still visible to operators"
     );
+    service.stop().await;
+}
+
+/// A stalled Redis (SIGSTOP: the connection stays up, nothing answers) costs a decision at most the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_costs_a_decision_at_most_the_timeout() {
+    let redis = Redis::start();
+    let dir = ScratchDir::new("stalled");
+    let path = rule_file(&dir.0, RULES);
+    let service = Service::start(
+        &redis.url(),
+        &["--config", path.to_str().unwrap(), "--timeout-ms", "100"],
+    )
+    .await;
+    let mut client = service.client().await;
+    assert!(
+        !client
+            .check(request("open", "s"))
+            .await
+            .unwrap()
+            .get_ref()
+            .degraded
+    );
+
+    redis.pause();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = client
+            .check(request("open", "s"))
+            .await
+            .unwrap()
+            .into_inner();
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(90),
+            "waited for Redis: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(100) + RPC_BOUND,
+            "{elapsed:?}"
+        );
+        assert!(r.allowed);
+        assert_eq!(r.limits[0].source(), pb::DecisionSource::FailedOpen);
+    }
+    let started = Instant::now();
+    let err = client.check(request("error", "s")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(100) + RPC_BOUND);
+
+    redis.resume();
+    let mut resumed = false;
+    for _ in 0..100 {
+        if let Ok(r) = client.check(request("error", "s")).await
+            && r.get_ref().limits[0].source() == pb::DecisionSource::Redis
+        {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed, "decisions come from Redis again after it resumes");
     service.stop().await;
 }

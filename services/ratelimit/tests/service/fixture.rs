@@ -125,6 +125,25 @@ impl Redis {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, like a stalled Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// Starts again on the same port and directory (AOF is replayed when enabled).
     pub fn restart(&mut self) {
         self.kill();
@@ -158,6 +177,11 @@ impl Service {
             "--watch-interval-ms",
             "100",
         ];
+        // Functional tests are not about latency: a generous decision timeout keeps them stable on a loaded
+        // machine. Tests about timeouts pass their own.
+        if !extra.contains(&"--timeout-ms") {
+            args.extend_from_slice(&["--timeout-ms", "2000"]);
+        }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
