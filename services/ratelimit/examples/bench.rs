@@ -1,0 +1,18 @@
+//! Runs the rate-limit benchmark: `cargo run --release -p redline-ratelimit --example bench -- --help`.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    about = "Decisions per second and latency of the rate-limit service, against redis-benchmark"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: redline_ratelimit::bench::BenchArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    redline_runtime::init_tracing(redline_runtime::LogFormat::Text);
+    redline_ratelimit::bench::run(Cli::parse().args).await
+}

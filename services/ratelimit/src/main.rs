@@ -1,0 +1,48 @@
+//! `redline-ratelimit`: wiring only (tracing → config → bind → run until a signal).
+
+use clap::Parser;
+use redline_ratelimit::Config;
+use redline_runtime::{EXIT_USAGE, LogFormat, init_tracing, shutdown_on_signal};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_tracing(LogFormat::parse(
+        std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
+    ));
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return exit_usage();
+        }
+        Err(e) => {
+            // --help and --version.
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+    };
+    if let Err(problems) = config.validate() {
+        for p in problems {
+            eprintln!("error: {p}");
+        }
+        return exit_usage();
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", config.listen);
+            return exit_usage();
+        }
+    };
+    match redline_ratelimit::run(config, listener, shutdown_on_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "rate-limit service failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit_usage() -> std::process::ExitCode {
+    std::process::ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(64))
+}

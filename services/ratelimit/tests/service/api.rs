@@ -1,0 +1,498 @@
+//! The redline API: atomic multi-limit decisions, rules, administration and bad input.
+
+use std::time::Duration;
+
+use redline_proto::redline::ratelimit::v1 as pb;
+use tonic::Code;
+
+use crate::fixture::{Redis, ScratchDir, Service, descriptor, rule_file, spec};
+
+const RULES: &str = r#"
+domain: web
+descriptors:
+  - key: remote_address
+    limits: "200 per day; 50 per hour"
+    descriptors:
+      - key: path
+        value: /login
+        failure_mode: closed
+        rate_limits:
+          - {unit: second, unit_multiplier: 30, requests_per_unit: 3, name: login-30s}
+  - key: api_key
+    rate_limit: {unit: minute, requests_per_unit: 2, name: global}
+  - key: path
+    value: /bulk
+    rate_limit:
+      unit: minute
+      requests_per_unit: 5
+      name: bulk
+      replaces: [{name: global}]
+  - key: tenant
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1, name: tenant-shadow}
+"#;
+
+async fn check(
+    client: &mut pb::rate_limit_service_client::RateLimitServiceClient<tonic::transport::Channel>,
+    request: pb::CheckRequest,
+) -> pb::CheckResponse {
+    client.check(request).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn a_refused_request_consumes_nothing_from_its_other_limits() {
+    let redis = Redis::start();
+    let service = Service::start(&redis.url(), &[]).await;
+    let mut client = service.client().await;
+    let request = |cost| pb::CheckRequest {
+        key: "client-1".to_owned(),
+        limits: vec![
+            spec(
+                "wide",
+                10,
+                Duration::from_secs(60),
+                pb::Algorithm::FixedWindow,
+            ),
+            spec("narrow", 2, Duration::from_secs(60), pb::Algorithm::Gcra),
+            spec(
+                "smooth",
+                10,
+                Duration::from_secs(60),
+                pb::Algorithm::SlidingWindow,
+            ),
+        ],
+        cost,
+        ..Default::default()
+    };
+    let first = check(&mut client, request(2)).await;
+    assert!(first.allowed);
+    assert_eq!(
+        first.limits.iter().map(|l| l.remaining).collect::<Vec<_>>(),
+        vec![8, 0, 8]
+    );
+    for _ in 0..5 {
+        let refused = check(&mut client, request(1)).await;
+        assert!(!refused.allowed);
+        assert_eq!(refused.refused_by, "narrow");
+        assert!(refused.retry_after.is_some());
+        let narrow = &refused.limits[1];
+        assert!(narrow.refused);
+        assert_eq!(narrow.limit, 2);
+        assert_eq!(narrow.window.unwrap().seconds, 60);
+        // The other limits report their untouched quota.
+        assert_eq!(refused.limits[0].remaining, 8);
+        assert_eq!(refused.limits[2].remaining, 8);
+    }
+    let inspect = client
+        .inspect_key(pb::InspectKeyRequest {
+            key: "client-1".to_owned(),
+            limits: request(1).limits,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        inspect
+            .limits
+            .iter()
+            .map(|l| l.remaining)
+            .collect::<Vec<_>>(),
+        vec![8, 0, 8]
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn dry_run_reports_without_consuming_and_reset_forgives() {
+    let redis = Redis::start();
+    let service = Service::start(&redis.url(), &[]).await;
+    let mut client = service.client().await;
+    let request = |dry_run| pb::CheckRequest {
+        key: "login:alice".to_owned(),
+        limit_expression: "3 per minute".to_owned(),
+        dry_run,
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        let dry = check(&mut client, request(true)).await;
+        assert!(dry.allowed);
+        assert_eq!(dry.limits[0].remaining, 2);
+    }
+    for expected in [true, true, true, false] {
+        assert_eq!(check(&mut client, request(false)).await.allowed, expected);
+    }
+    let reset = client
+        .reset_key(pb::ResetKeyRequest {
+            key: "login:alice".to_owned(),
+            limit_expression: "3 per minute".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.removed, 1);
+    assert!(check(&mut client, request(false)).await.allowed);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn rules_apply_with_multipliers_shadow_mode_and_replaces() {
+    let redis = Redis::start();
+    let dir = ScratchDir::new("rules");
+    let path = rule_file(&dir.0, RULES);
+    let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
+    let mut client = service.client().await;
+
+    // Flask-Limiter defaults plus a 3 per 30 s login limit, all in one decision.
+    let login = || pb::CheckRequest {
+        domain: "web".to_owned(),
+        descriptors: vec![
+            descriptor(&[("remote_address", "10.0.0.1")]),
+            descriptor(&[("remote_address", "10.0.0.1"), ("path", "/login")]),
+        ],
+        ..Default::default()
+    };
+    let first = check(&mut client, login()).await;
+    assert!(first.allowed);
+    let names: Vec<_> = first.limits.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["200 per day", "50 per hour", "login-30s"]);
+    assert_eq!(first.limits[2].window.unwrap().seconds, 30);
+    assert_eq!(first.limits[0].remaining, 199);
+    check(&mut client, login()).await;
+    check(&mut client, login()).await;
+    let refused = check(&mut client, login()).await;
+    assert!(!refused.allowed);
+    assert_eq!(refused.refused_by, "login-30s");
+    assert_eq!(
+        refused.limits[0].remaining, 197,
+        "the daily limit kept its quota"
+    );
+    assert!(refused.retry_after.unwrap().seconds <= 30);
+
+    // Shadow mode: counted and reported, never refused.
+    for i in 0..3 {
+        let r = check(
+            &mut client,
+            pb::CheckRequest {
+                domain: "web".to_owned(),
+                descriptors: vec![descriptor(&[("tenant", "acme")])],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(r.allowed);
+        assert!(r.limits[0].shadow_mode);
+        assert_eq!(r.limits[0].refused, i > 0);
+    }
+
+    // `replaces`: /bulk's limit replaces the 2 per minute "global" limit of the same request.
+    let bulk = || pb::CheckRequest {
+        domain: "web".to_owned(),
+        descriptors: vec![
+            descriptor(&[("api_key", "k1")]),
+            descriptor(&[("path", "/bulk")]),
+        ],
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        let r = check(&mut client, bulk()).await;
+        assert!(r.allowed);
+        assert_eq!(r.limits.len(), 1);
+        assert_eq!(r.limits[0].name, "bulk");
+    }
+    assert!(!check(&mut client, bulk()).await.allowed);
+
+    let listed = client
+        .list_rules(pb::ListRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.rules.len(), 6);
+    assert!(
+        listed
+            .rules
+            .iter()
+            .any(|r| r.name == "bulk" && r.replaces == ["global"])
+    );
+    assert!(listed.store_available);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn rule_files_reload_and_invalid_ones_are_rejected() {
+    let redis = Redis::start();
+    let dir = ScratchDir::new("reload");
+    let path = rule_file(
+        &dir.0,
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
+    );
+    let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
+    let mut client = service.client().await;
+    let request = || pb::CheckRequest {
+        domain: "d".to_owned(),
+        descriptors: vec![descriptor(&[("k", "v")])],
+        ..Default::default()
+    };
+    assert_eq!(check(&mut client, request()).await.limits[0].limit, 1);
+
+    // A broken file: ReloadConfig says why, and the previous rules stay in force.
+    std::fs::write(&path, "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n").unwrap();
+    let err = client
+        .reload_config(pb::ReloadConfigRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("fortnight"), "{}", err.message());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(check(&mut client, request()).await.limits[0].limit, 1);
+
+    // A valid file is picked up by the watcher without a restart.
+    std::fs::write(&path, "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 7}\n").unwrap();
+    let mut limit = 0;
+    for _ in 0..50 {
+        limit = check(&mut client, request()).await.limits[0].limit;
+        if limit == 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(limit, 7);
+    let reloaded = client
+        .reload_config(pb::ReloadConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.rule_count, 1);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_never_a_panic() {
+    let redis = Redis::start();
+    let dir = ScratchDir::new("bad");
+    let path = rule_file(
+        &dir.0,
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
+    );
+    let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
+    let mut client = service.client().await;
+    let long = "x".repeat(10_000);
+    let cases = vec![
+        (
+            "no descriptors",
+            pb::CheckRequest {
+                domain: "d".to_owned(),
+                ..Default::default()
+            },
+        ),
+        (
+            "empty descriptor",
+            pb::CheckRequest {
+                domain: "d".to_owned(),
+                descriptors: vec![descriptor(&[])],
+                ..Default::default()
+            },
+        ),
+        (
+            "unknown domain",
+            pb::CheckRequest {
+                domain: "nope".to_owned(),
+                descriptors: vec![descriptor(&[("k", "v")])],
+                ..Default::default()
+            },
+        ),
+        (
+            "absurd cost",
+            pb::CheckRequest {
+                domain: "d".to_owned(),
+                descriptors: vec![descriptor(&[("k", "v")])],
+                cost: u64::MAX,
+                ..Default::default()
+            },
+        ),
+        (
+            "oversized value",
+            pb::CheckRequest {
+                domain: "d".to_owned(),
+                descriptors: vec![descriptor(&[("k", &long)])],
+                ..Default::default()
+            },
+        ),
+        (
+            "zero limit",
+            pb::CheckRequest {
+                key: "a".to_owned(),
+                limits: vec![spec("z", 0, Duration::from_secs(1), pb::Algorithm::Gcra)],
+                ..Default::default()
+            },
+        ),
+        (
+            "zero window",
+            pb::CheckRequest {
+                key: "a".to_owned(),
+                limits: vec![spec("z", 1, Duration::ZERO, pb::Algorithm::Gcra)],
+                ..Default::default()
+            },
+        ),
+        (
+            "malformed expression",
+            pb::CheckRequest {
+                key: "a".to_owned(),
+                limit_expression: "lots per fortnight".to_owned(),
+                ..Default::default()
+            },
+        ),
+        (
+            "limits without key",
+            pb::CheckRequest {
+                limit_expression: "1 per second".to_owned(),
+                ..Default::default()
+            },
+        ),
+        (
+            "unknown algorithm",
+            pb::CheckRequest {
+                key: "a".to_owned(),
+                limits: vec![pb::LimitSpec {
+                    algorithm: 99,
+                    ..spec("z", 1, Duration::from_secs(1), pb::Algorithm::Gcra)
+                }],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, request) in cases {
+        let err = client.check(request).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{what}: {}",
+            err.message()
+        );
+    }
+    // The service is still healthy afterwards.
+    let ok = check(
+        &mut client,
+        pb::CheckRequest {
+            domain: "d".to_owned(),
+            descriptors: vec![descriptor(&[("k", "v")])],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(ok.allowed);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let redis = Redis::start();
+    let service = Service::start(&redis.url(), &[]).await;
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(service.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for name in [
+        "liveness",
+        "readiness",
+        "redline.ratelimit.v1.RateLimitService",
+    ] {
+        let mut status = ServingStatus::Unknown;
+        for _ in 0..50 {
+            status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: name.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status();
+            if status == ServingStatus::Serving {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, ServingStatus::Serving, "{name}");
+    }
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn cli_commands_talk_to_the_service() {
+    use redline_ratelimit::cli::{LimitsCommand, TargetArgs, run};
+    let redis = Redis::start();
+    let service = Service::start(&redis.url(), &[]).await;
+    let target = TargetArgs {
+        domain: String::new(),
+        entries: Vec::new(),
+        key: Some("cli-user".to_owned()),
+        limits: Some("2 per minute".to_owned()),
+    };
+    for _ in 0..3 {
+        run(
+            LimitsCommand::Check {
+                target: target.clone(),
+                cost: 1,
+                dry_run: false,
+            },
+            &service.endpoint,
+        )
+        .await
+        .unwrap();
+    }
+    run(
+        LimitsCommand::Inspect {
+            target: target.clone(),
+        },
+        &service.endpoint,
+    )
+    .await
+    .unwrap();
+    let mut client = service.client().await;
+    let inspect = |client: &mut pb::rate_limit_service_client::RateLimitServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let mut client = client.clone();
+        async move {
+            client
+                .inspect_key(pb::InspectKeyRequest {
+                    key: "cli-user".to_owned(),
+                    limit_expression: "2 per minute".to_owned(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .limits[0]
+                .remaining
+        }
+    };
+    assert_eq!(
+        inspect(&mut client).await,
+        0,
+        "two of three CLI checks consumed quota"
+    );
+    run(LimitsCommand::Reset { target }, &service.endpoint)
+        .await
+        .unwrap();
+    assert_eq!(inspect(&mut client).await, 2);
+    // A bad request is an error, not a panic.
+    let bad = TargetArgs {
+        domain: String::new(),
+        entries: Vec::new(),
+        key: Some("x".to_owned()),
+        limits: Some("lots per fortnight".to_owned()),
+    };
+    assert!(
+        run(LimitsCommand::Inspect { target: bad }, &service.endpoint)
+            .await
+            .is_err()
+    );
+    service.stop().await;
+}
