@@ -33,6 +33,8 @@ use tonic::transport::Channel;
 pub enum Bench {
     /// The task queue: enqueue, drain, latency and memory, against redis-benchmark.
     Tasks(TaskBenchArgs),
+    /// Rate-limit decisions per algorithm and through Envoy's RPC, against redis-benchmark EVALSHA.
+    Ratelimit(redline_ratelimit::bench::BenchArgs),
 }
 
 /// Sizes of the task benchmark.
@@ -62,6 +64,7 @@ pub struct TaskBenchArgs {
 pub async fn run(what: Bench) -> anyhow::Result<()> {
     match what {
         Bench::Tasks(args) => tasks(args).await,
+        Bench::Ratelimit(args) => redline_ratelimit::bench::run(args).await,
     }
 }
 

@@ -63,6 +63,18 @@ enum Command {
         #[command(subcommand)]
         what: client::Inspect,
     },
+    /// Rate limits: check a key, inspect its counters, reset it (talks to RateLimitService).
+    Limits {
+        /// RateLimitService URL.
+        #[arg(
+            long,
+            env = "REDLINE_RATELIMIT_URL",
+            default_value = "http://127.0.0.1:50052"
+        )]
+        ratelimit_url: String,
+        #[command(subcommand)]
+        cmd: redline_ratelimit::cli::LimitsCommand,
+    },
     /// Benchmarks that print figures and ratios against a reference measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -81,6 +93,8 @@ enum Service {
     Tasks(redline_tasks::config::Args),
     /// A worker (same flags as redline-worker).
     Worker(redline_worker::config::Args),
+    /// RateLimitService (same flags as redline-ratelimit).
+    Ratelimit(redline_ratelimit::Config),
 }
 
 #[tokio::main]
@@ -105,6 +119,9 @@ async fn main() {
             dead_letter,
         } => client::list(&cli.endpoint, status, limit, dead_letter).await,
         Command::Inspect { what } => client::inspect(&cli.endpoint, what).await,
+        Command::Limits { ratelimit_url, cmd } => {
+            redline_ratelimit::cli::run(cmd, &ratelimit_url).await
+        }
         Command::Bench { what } => bench::run(what).await,
         Command::Serve { service } => match serve(service).await {
             Err(Failure::Usage(e)) => {
@@ -146,6 +163,13 @@ async fn serve(service: Service) -> Result<(), Failure> {
             let config =
                 redline_worker::Config::from_args(args, &ProcessEnv).map_err(Failure::Usage)?;
             redline_worker::run(config, redline_worker::default_registry(), shutdown).await?;
+        }
+        Service::Ratelimit(config) => {
+            if let Err(problems) = config.validate() {
+                return Err(Failure::Usage(redline_runtime::ConfigErrors(problems)));
+            }
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            redline_ratelimit::run(config, listener, shutdown).await?;
         }
     }
     Ok(())
