@@ -306,7 +306,7 @@ impl Analyzer {
                 let mut out = Map::new();
                 for x in 0..k {
                     let mut row = Map::new();
-                    for y in 0..k {
+                    for (y, name) in names.iter().enumerate() {
                         let r = match x.cmp(&y) {
                             std::cmp::Ordering::Equal => {
                                 if self.stats[x].count > 1 && self.stats[x].m2 > 0.0 {
@@ -318,7 +318,7 @@ impl Analyzer {
                             std::cmp::Ordering::Less => self.pairs[x * k + y].r(),
                             std::cmp::Ordering::Greater => self.pairs[y * k + x].r(),
                         };
-                        row.insert(names[y].to_owned(), num(r));
+                        row.insert((*name).to_owned(), num(r));
                     }
                     out.insert(names[x].to_owned(), Value::Object(row));
                 }

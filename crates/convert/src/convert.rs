@@ -87,6 +87,9 @@ pub fn convert_file(
     let mut rows: u64 = 0;
     let mut wrote_any = false;
     let result = std::thread::scope(|scope| {
+        // Owning the receiver here means an early return drops it before the scope joins the
+        // reader, so a reader blocked on a full channel wakes up (its send fails) and exits.
+        let rx = rx;
         scope.spawn(move || read_all(&mut source, &mut pipeline, &tx));
         let mut last_reported = -1.0_f64;
         for item in rx.iter() {
@@ -99,7 +102,6 @@ pub fn convert_file(
             rows += batch.num_rows() as u64;
             report(&src_progress, rows, &mut last_reported, progress);
         }
-        // Dropping the receiver on an early return stops the reader at its next send.
         Ok(())
     });
     result?;

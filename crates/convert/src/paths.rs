@@ -81,7 +81,7 @@ impl DataRoot {
     pub fn resolve_first(&self, candidates: &[String]) -> Result<PathBuf, DataError> {
         for c in candidates {
             match self.resolve_input(c) {
-                Err(DataError::NotFound(_)) => continue,
+                Err(DataError::NotFound(_)) => {}
                 other => return other,
             }
         }

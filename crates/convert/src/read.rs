@@ -265,7 +265,8 @@ impl Source {
         let msg = e.to_string();
         if matches!(self.format, Format::Csv | Format::Txt) {
             // arrow-csv reports "... for column {i} at line {n}" with 0-based projected column
-            // indices and lines counted from the first data row (our header was consumed).
+            // indices and 0-based lines counted from the first data row (we consumed the
+            // header); rows in our errors are 1-based data rows.
             if let Some((col, line)) = parse_csv_location(&msg) {
                 let column = self.header.get(col).cloned();
                 let value = msg
@@ -275,7 +276,7 @@ impl Source {
                     .unwrap_or(msg.clone());
                 return DataError::Malformed {
                     file: self.file.clone(),
-                    row: Some(line),
+                    row: Some(line + 1),
                     column,
                     message: value,
                 };
