@@ -158,9 +158,14 @@ impl OutputFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        // Temporary files are created owner-only; the renamed output should get the usual mode
+        // (0644 narrowed by the umask) like any file the process creates.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        let tmp = builder
             .tempfile_in(&dir)
             .map_err(|e| DataError::io(&dir, e))?;
         let (file, temp) = tmp.into_parts();
