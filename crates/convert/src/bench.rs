@@ -22,6 +22,9 @@ use crate::format::Format;
 use crate::read::Source;
 use crate::schema::timestamp_array;
 
+/// The memory bound of a streaming conversion, whatever the input size.
+const PEAK_RSS_BOUND_MB: f64 = 128.0;
+
 /// Arguments of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -383,10 +386,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         println!("{name:<26} {wall:>9.2} {rss:>13.0} {ratio:>14}");
     }
+    let ours_wall = median(results[0].1.iter().map(|x| x.wall).collect());
+    let ours_rss = median(results[0].1.iter().map(|x| x.rss_mb).collect());
+    if reference.is_finite() {
+        println!(
+            "csv -> parquet wall time vs the faster reference: {:.2}x ({})",
+            ours_wall / reference,
+            if ours_wall <= reference {
+                "ok"
+            } else {
+                "SLOWER"
+            }
+        );
+    }
+    println!(
+        "csv -> parquet peak RSS {ours_rss:.0} MB (bound {PEAK_RSS_BOUND_MB} MB): {}",
+        if ours_rss <= PEAK_RSS_BOUND_MB {
+            "ok"
+        } else {
+            "OVER"
+        }
+    );
     println!(
         "parquet output check (rows, close/vol sums, timestamp range): {}",
         if verified { "ok" } else { "MISMATCH" }
     );
+    if ours_rss > PEAK_RSS_BOUND_MB {
+        bail!("peak RSS {ours_rss:.0} MB is over the {PEAK_RSS_BOUND_MB} MB bound");
+    }
     if !verified {
         bail!("our parquet output differs from the input: expected {expected:?}, got {got:?}");
     }

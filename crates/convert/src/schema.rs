@@ -559,12 +559,78 @@ fn constant_or_null(value: Option<&str>, n: usize) -> ArrayRef {
     }
 }
 
-/// Microseconds since the epoch, formatted as `%Y-%m-%d %H:%M:%S` (with fractional seconds when
-/// present), for results and messages.
-pub fn format_micros(t: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(t)
-        .map(|d| d.naive_utc().format("%Y-%m-%d %H:%M:%S%.f").to_string())
-        .unwrap_or_else(|| t.to_string())
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    // Inverse of `days_from_civil` (Howard Hinnant).
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    (y, m as u32, d as u32)
+}
+
+/// Appends `t` (microseconds since the epoch) as `%Y-%m-%d %H:%M:%S`, plus `.ffffff` when the
+/// microseconds are not zero. This is the text form of every output and is parsed back exactly;
+/// it avoids a strftime interpretation per value, which dominated text writes.
+pub fn write_timestamp(out: &mut String, t: i64) {
+    use std::fmt::Write as _;
+    let days = t.div_euclid(86_400 * MICROS_PER_SEC);
+    let rem = t.rem_euclid(86_400 * MICROS_PER_SEC);
+    let (y, m, d) = civil_from_days(days);
+    let secs = rem / MICROS_PER_SEC;
+    let micros = rem % MICROS_PER_SEC;
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    if micros != 0 {
+        let _ = write!(out, ".{micros:06}");
+    }
+}
+
+/// Replaces a canonical timestamp column by its text form (see [`write_timestamp`]).
+pub fn timestamps_as_text(batch: &RecordBatch) -> Result<RecordBatch, DataError> {
+    let Some(idx) = batch.schema().index_of("timestamp").ok() else {
+        return Ok(batch.clone());
+    };
+    let Some(ts) = batch
+        .column(idx)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+    else {
+        return Ok(batch.clone());
+    };
+    let mut b = arrow::array::StringBuilder::with_capacity(ts.len(), ts.len() * 20);
+    let mut buf = String::with_capacity(32);
+    for v in ts.iter() {
+        match v {
+            Some(t) => {
+                buf.clear();
+                write_timestamp(&mut buf, t);
+                b.append_value(&buf);
+            }
+            None => b.append_null(),
+        }
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[idx] = Arc::new(b.finish());
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields[idx] = Field::new("timestamp", DataType::Utf8, true);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| DataError::Internal(e.to_string()))
 }
 
 /// A typed view of the canonical timestamp column, if the batch has one.
@@ -609,6 +675,27 @@ mod tests {
             parse_stooq_time("93000"),
             Some(9 * 3600 * 1_000_000 + 1_800_000_000)
         );
+    }
+
+    #[test]
+    fn text_timestamps_match_chrono_and_parse_back() {
+        for t in [
+            0,
+            1,
+            -1,
+            1_704_187_805_250_000,
+            -1_800_000_000_123_456,
+            253_402_300_799_000_000,
+            951_782_400_000_000,
+        ] {
+            let mut s = String::new();
+            write_timestamp(&mut s, t);
+            let chrono = chrono::DateTime::from_timestamp_micros(t)
+                .map(|d| d.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+                .unwrap_or_default();
+            assert_eq!(s, chrono.trim_end_matches(".000000"), "{t}");
+            assert_eq!(parse_timestamp(&s), Some(t), "{s}");
+        }
     }
 
     #[test]

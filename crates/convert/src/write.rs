@@ -10,6 +10,7 @@ use parquet::file::properties::WriterProperties;
 use crate::error::DataError;
 use crate::format::{Compression, Format};
 use crate::paths::OutputFile;
+use crate::schema::timestamps_as_text;
 
 /// Timestamps in text outputs: the original's `%Y-%m-%d %H:%M:%S`, with fractional seconds only
 /// when present, which our readers parse back exactly.
@@ -91,9 +92,9 @@ impl Sink {
     /// Appends one batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), DataError> {
         match self {
-            Sink::Csv(w) => w.write(batch).map_err(write_error),
-            Sink::Json(w) => w.write(batch).map_err(write_error),
-            Sink::Ndjson(w) => w.write(batch).map_err(write_error),
+            Sink::Csv(w) => w.write(&timestamps_as_text(batch)?).map_err(write_error),
+            Sink::Json(w) => w.write(&timestamps_as_text(batch)?).map_err(write_error),
+            Sink::Ndjson(w) => w.write(&timestamps_as_text(batch)?).map_err(write_error),
             Sink::Parquet(w) => w
                 .write(batch)
                 .map_err(|e| write_error(ArrowError::ExternalError(Box::new(e)))),
