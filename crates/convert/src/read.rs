@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::error::ArrowError;
@@ -73,9 +74,17 @@ impl SourceProgress {
     }
 }
 
+/// Where a source's batches come from.
+enum Batches {
+    /// Raw batches from an arrow reader, normalised by [`Source::next_batch`].
+    Raw(RawBatches),
+    /// Canonical batches from the parallel text decoder.
+    Parallel(ParallelText),
+}
+
 /// An open input yielding canonical batches.
 pub struct Source {
-    raw: RawBatches,
+    raw: Batches,
     normalizer: Normalizer,
     file: String,
     header: Vec<String>,
@@ -104,7 +113,7 @@ impl Source {
             inner: file,
             count: position.clone(),
         };
-        let (raw, header, progress): (RawBatches, Vec<String>, SourceProgress) = match format {
+        let (raw, header, progress): (Batches, Vec<String>, SourceProgress) = match format {
             Format::Csv | Format::Txt => {
                 let mut reader = BufReader::with_capacity(1 << 20, counting);
                 let (delimiter, header) = read_header(&mut reader, name, format)?;
@@ -124,14 +133,25 @@ impl Source {
                     .collect();
                 let projected: Vec<String> =
                     projection.iter().map(|&i| header[i].clone()).collect();
-                let csv = arrow::csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
-                    .with_header(false)
-                    .with_delimiter(delimiter)
-                    .with_batch_size(batch_size)
-                    .with_projection(projection)
-                    .build_buffered(reader)
-                    .map_err(|e| DataError::malformed(name, e.to_string()))?;
-                (Box::new(csv), projected, SourceProgress { position, total })
+                let builder = DecoderSpec {
+                    schema: Arc::new(Schema::new(fields)),
+                    delimiter,
+                    batch_size,
+                    projection,
+                };
+                let normalizer = Normalizer::new(name, &projected, default_ticker.clone());
+                let ctx = ErrorContext {
+                    file: name.to_owned(),
+                    format,
+                    header: projected.clone(),
+                };
+                let parallel =
+                    ParallelText::start(reader, builder, normalizer, ctx, TEXT_CHUNK_BYTES);
+                (
+                    Batches::Parallel(parallel),
+                    projected,
+                    SourceProgress { position, total },
+                )
             }
             Format::Json | Format::Ndjson => {
                 let mut reader = BufReader::with_capacity(1 << 20, counting);
@@ -152,7 +172,11 @@ impl Source {
                     .with_flatten(format == Format::Json)
                     .build(reader)
                     .map_err(|e| DataError::malformed(name, e.to_string()))?;
-                (Box::new(json), names, SourceProgress { position, total })
+                (
+                    Batches::Raw(Box::new(json)),
+                    names,
+                    SourceProgress { position, total },
+                )
             }
             Format::Parquet => {
                 let file = counting.inner;
@@ -168,7 +192,7 @@ impl Source {
                     .map_err(|e| DataError::malformed(name, e.to_string()))?;
                 // Parquet progress counts rows: column chunks are read out of order.
                 (
-                    Box::new(reader),
+                    Batches::Raw(Box::new(reader)),
                     names,
                     SourceProgress {
                         position,
@@ -193,7 +217,11 @@ impl Source {
                     )
                     .map_err(not_ipc)?;
                     let names = field_names(&reader.schema());
-                    (Box::new(reader), names, SourceProgress { position, total })
+                    (
+                        Batches::Raw(Box::new(reader)),
+                        names,
+                        SourceProgress { position, total },
+                    )
                 } else {
                     // Arrow IPC stream format (some tools write it under .arrow).
                     let reader = arrow::ipc::reader::StreamReader::try_new(
@@ -202,7 +230,11 @@ impl Source {
                     )
                     .map_err(not_ipc)?;
                     let names = field_names(&reader.schema());
-                    (Box::new(reader), names, SourceProgress { position, total })
+                    (
+                        Batches::Raw(Box::new(reader)),
+                        names,
+                        SourceProgress { position, total },
+                    )
                 }
             }
         };
@@ -238,22 +270,43 @@ impl Source {
 
     /// The next canonical batch, or `None` at the end of the input.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, DataError> {
-        match self.raw.next() {
-            None => Ok(None),
-            Some(Err(e)) => Err(self.read_error(e)),
-            Some(Ok(batch)) => {
-                let out = self.normalizer.normalize(&batch)?;
-                self.rows += batch.num_rows() as u64;
-                if self.format == Format::Parquet {
-                    self.progress.position.store(self.rows, Ordering::Relaxed);
+        let out = match &mut self.raw {
+            Batches::Parallel(p) => p.next_batch()?,
+            Batches::Raw(raw) => match raw.next() {
+                None => None,
+                Some(Err(e)) => {
+                    let ctx = ErrorContext {
+                        file: self.file.clone(),
+                        format: self.format,
+                        header: self.header.clone(),
+                    };
+                    return Err(ctx.read_error(e, 0));
                 }
-                Ok(Some(out))
+                Some(Ok(batch)) => Some(self.normalizer.normalize(&batch)?),
+            },
+        };
+        if let Some(b) = &out {
+            self.rows += b.num_rows() as u64;
+            if self.format == Format::Parquet {
+                self.progress.position.store(self.rows, Ordering::Relaxed);
             }
         }
+        Ok(out)
     }
+}
 
-    /// Maps a reader error to a `DataError` naming the file and, for text, the row and column.
-    fn read_error(&self, e: ArrowError) -> DataError {
+/// What a reader error needs to name the file, row and column.
+#[derive(Debug, Clone)]
+struct ErrorContext {
+    file: String,
+    format: Format,
+    header: Vec<String>,
+}
+
+impl ErrorContext {
+    /// Maps a reader error to a `DataError`; `row_offset` is added to text row numbers (the
+    /// rows before the chunk the error happened in).
+    fn read_error(&self, e: ArrowError, row_offset: u64) -> DataError {
         if let ArrowError::IoError(_, io) = &e
             && !matches!(
                 io.kind(),
@@ -265,8 +318,8 @@ impl Source {
         let msg = e.to_string();
         if matches!(self.format, Format::Csv | Format::Txt) {
             // arrow-csv reports "... for column {i} at line {n}" with 0-based projected column
-            // indices and 0-based lines counted from the first data row (we consumed the
-            // header); rows in our errors are 1-based data rows.
+            // indices and 0-based lines counted from the start of the decoded chunk; rows in
+            // our errors are 1-based data rows of the whole file.
             if let Some((col, line)) = parse_csv_location(&msg) {
                 let column = self.header.get(col).cloned();
                 let value = msg
@@ -276,7 +329,7 @@ impl Source {
                     .unwrap_or(msg.clone());
                 return DataError::Malformed {
                     file: self.file.clone(),
-                    row: Some(line + 1),
+                    row: Some(row_offset + line + 1),
                     column,
                     message: value,
                 };
@@ -284,7 +337,7 @@ impl Source {
             if let Some(line) = number_after(&msg, "for line ") {
                 return DataError::Malformed {
                     file: self.file.clone(),
-                    row: Some(line),
+                    row: Some(row_offset + line),
                     column: None,
                     message: "wrong number of fields".to_owned(),
                 };
@@ -292,6 +345,233 @@ impl Source {
         }
         DataError::malformed(&self.file, msg)
     }
+}
+
+/// How to build a CSV decoder for one chunk (arrow's builder is consumed by each build).
+#[derive(Debug, Clone)]
+struct DecoderSpec {
+    schema: arrow::datatypes::SchemaRef,
+    delimiter: u8,
+    batch_size: usize,
+    projection: Vec<usize>,
+}
+
+impl DecoderSpec {
+    fn build(&self) -> arrow::csv::reader::Decoder {
+        arrow::csv::ReaderBuilder::new(self.schema.clone())
+            .with_header(false)
+            .with_delimiter(self.delimiter)
+            .with_batch_size(self.batch_size)
+            .with_projection(self.projection.clone())
+            .build_decoder()
+    }
+}
+
+/// Bytes per chunk handed to a text decoder thread: large enough to amortise the hand-off, small
+/// enough that the chunks in flight stay a few MB.
+const TEXT_CHUNK_BYTES: usize = 4 << 20;
+
+/// A decoded chunk: its canonical batches (rows in errors relative to the chunk) or an error.
+type ChunkResult = Result<Vec<RecordBatch>, DataError>;
+
+/// Text (csv/txt) decoding on several threads.
+///
+/// A splitter thread cuts the input into chunks at record boundaries (newlines outside quotes,
+/// found by quote parity, which RFC 4180 doubling preserves) and deals them round-robin to
+/// decoder threads, each parsing and normalising its chunk. Chunks are consumed in the order they
+/// were dealt, so output order is the file order. Every channel holds one item, so memory stays
+/// at a few chunks whatever the file size. Dropping the source closes the channels and the
+/// threads exit at their next send.
+struct ParallelText {
+    outputs: Vec<mpsc::Receiver<ChunkResult>>,
+    next_worker: usize,
+    ready: std::collections::VecDeque<RecordBatch>,
+    rows_before_chunk: u64,
+    done: bool,
+}
+
+impl ParallelText {
+    fn start<R: Read + Send + 'static>(
+        reader: R,
+        builder: DecoderSpec,
+        normalizer: Normalizer,
+        ctx: ErrorContext,
+        chunk_bytes: usize,
+    ) -> Self {
+        let workers = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZeroUsize::get)
+            .clamp(1, 4);
+        let mut inputs = Vec::with_capacity(workers);
+        let mut outputs = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (in_tx, in_rx) = mpsc::sync_channel::<Result<Vec<u8>, DataError>>(1);
+            let (out_tx, out_rx) = mpsc::sync_channel::<ChunkResult>(1);
+            let builder = builder.clone();
+            let normalizer = normalizer.clone();
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                for chunk in in_rx {
+                    let result = chunk.and_then(|c| decode_chunk(&c, &builder, &normalizer, &ctx));
+                    if out_tx.send(result).is_err() {
+                        return;
+                    }
+                }
+            });
+            inputs.push(in_tx);
+            outputs.push(out_rx);
+        }
+        let file = ctx.file.clone();
+        std::thread::spawn(move || split_chunks(reader, &inputs, &file, chunk_bytes));
+        Self {
+            outputs,
+            next_worker: 0,
+            ready: std::collections::VecDeque::new(),
+            rows_before_chunk: 0,
+            done: false,
+        }
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, DataError> {
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Ok(Some(b));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let worker = self.next_worker;
+            self.next_worker = (worker + 1) % self.outputs.len();
+            match self.outputs[worker].recv() {
+                // The splitter closed this worker's input: the file is done.
+                Err(_) => self.done = true,
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(shift_row(e, self.rows_before_chunk));
+                }
+                Ok(Ok(batches)) => {
+                    self.rows_before_chunk +=
+                        batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                    self.ready.extend(batches);
+                }
+            }
+        }
+    }
+}
+
+fn shift_row(e: DataError, offset: u64) -> DataError {
+    match e {
+        DataError::Malformed {
+            file,
+            row,
+            column,
+            message,
+        } => DataError::Malformed {
+            file,
+            row: row.map(|r| r + offset),
+            column,
+            message,
+        },
+        other => other,
+    }
+}
+
+fn decode_chunk(
+    chunk: &[u8],
+    builder: &DecoderSpec,
+    normalizer: &Normalizer,
+    ctx: &ErrorContext,
+) -> ChunkResult {
+    let mut decoder = builder.build();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut rows: u64 = 0;
+    loop {
+        loop {
+            // An empty slice at the end of the chunk tells the decoder the input ended, which
+            // completes a final record without a trailing newline.
+            let n = decoder
+                .decode(&chunk[pos..])
+                .map_err(|e| ctx.read_error(e, rows))?;
+            pos += n;
+            if n == 0 || decoder.capacity() == 0 {
+                break;
+            }
+        }
+        match decoder.flush().map_err(|e| ctx.read_error(e, 0))? {
+            Some(batch) => {
+                out.push(normalizer.normalize_at(&batch, rows + 1)?);
+                rows += batch.num_rows() as u64;
+            }
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Cuts `reader` into chunks ending at record boundaries and deals them round-robin.
+fn split_chunks<R: Read>(
+    mut reader: R,
+    workers: &[mpsc::SyncSender<Result<Vec<u8>, DataError>>],
+    file: &str,
+    chunk_bytes: usize,
+) {
+    let mut carry: Vec<u8> = Vec::new();
+    let mut next = 0;
+    loop {
+        let mut block = std::mem::take(&mut carry);
+        let start = block.len();
+        block.resize(start + chunk_bytes.max(1), 0);
+        let mut filled = start;
+        let mut eof = false;
+        while filled < block.len() {
+            match reader.read(&mut block[filled..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = workers[next].send(Err(DataError::io(file, e)));
+                    return;
+                }
+            }
+        }
+        block.truncate(filled);
+        if eof {
+            if !block.is_empty() {
+                let _ = workers[next].send(Ok(block));
+            }
+            return;
+        }
+        match last_record_end(&block) {
+            Some(end) => {
+                carry = block.split_off(end);
+                if workers[next].send(Ok(block)).is_err() {
+                    return;
+                }
+                next = (next + 1) % workers.len();
+            }
+            // One record longer than a chunk: keep reading into the same block.
+            None => carry = block,
+        }
+    }
+}
+
+/// The end (exclusive) of the last complete record in `block`, which starts at a record start.
+fn last_record_end(block: &[u8]) -> Option<usize> {
+    if !block.contains(&b'"') {
+        return block.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
+    }
+    let mut in_quotes = false;
+    let mut end = None;
+    for (i, &b) in block.iter().enumerate() {
+        if b == b'"' {
+            in_quotes = !in_quotes;
+        } else if b == b'\n' && !in_quotes {
+            end = Some(i + 1);
+        }
+    }
+    end
 }
 
 impl Format {
@@ -421,5 +701,103 @@ fn first_json_keys<R: Read>(
         )),
         Some(Err(e)) => Err(DataError::malformed(name, format!("not valid JSON: {e}"))),
         None => Err(DataError::malformed(name, "the file is empty")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    fn parallel(text: &str, chunk: usize) -> ParallelText {
+        let header: Vec<String> = ["ticker", "timestamp", "close"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let fields: Vec<Field> = header
+            .iter()
+            .zip(map_columns(&header))
+            .map(|(h, r)| Field::new(h, r.map_or(DataType::Utf8, text_read_type), true))
+            .collect();
+        let spec = DecoderSpec {
+            schema: Arc::new(Schema::new(fields)),
+            delimiter: b',',
+            batch_size: 3,
+            projection: vec![0, 1, 2],
+        };
+        let ctx = ErrorContext {
+            file: "t.csv".to_owned(),
+            format: Format::Csv,
+            header: header.clone(),
+        };
+        let normalizer = Normalizer::new("t.csv", &header, None);
+        ParallelText::start(
+            std::io::Cursor::new(text.as_bytes().to_vec()),
+            spec,
+            normalizer,
+            ctx,
+            chunk,
+        )
+    }
+
+    #[test]
+    fn record_ends_respect_quotes() {
+        assert_eq!(last_record_end(b"a,b\nc,d\ne"), Some(8));
+        assert_eq!(last_record_end(b"a,\"x\ny\"\nc,\"p\nq"), Some(8));
+        assert_eq!(last_record_end(b"\"a\"\"\nb\""), None);
+        assert_eq!(last_record_end(b"abc"), None);
+    }
+
+    #[test]
+    fn chunked_decoding_keeps_order_quoted_newlines_and_row_numbers()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut text = String::new();
+        for i in 0..40 {
+            if i == 17 {
+                text.push_str("\"MULTI\nLINE, \"\"Q\"\"\",2024-01-01,17\n");
+            } else {
+                text.push_str(&format!("T{i},2024-01-01,{i}\n"));
+            }
+        }
+        // Chunks far smaller than a record force records to span chunk reads.
+        for chunk in [7, 16, 64, 1 << 20] {
+            let mut p = parallel(&text, chunk);
+            let mut closes = Vec::new();
+            let mut tickers = Vec::new();
+            while let Some(b) = p.next_batch()? {
+                closes.extend(
+                    b.column(5)
+                        .as_primitive::<arrow::datatypes::Float64Type>()
+                        .iter()
+                        .flatten(),
+                );
+                tickers.extend(
+                    b.column(0)
+                        .as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(str::to_owned),
+                );
+            }
+            let want: Vec<f64> = (0..40).map(f64::from).collect();
+            assert_eq!(closes, want, "chunk {chunk}");
+            assert_eq!(tickers[17], "MULTI\nLINE, \"Q\"");
+        }
+        let bad = format!("{text}T40,2024-01-01,x\n");
+        for chunk in [16, 1 << 20] {
+            let mut p = parallel(&bad, chunk);
+            let err = loop {
+                match p.next_batch() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err("expected an error".into()),
+                    Err(e) => break e,
+                }
+            };
+            assert!(
+                matches!(&err, DataError::Malformed { row: Some(41), column: Some(c), .. } if c == "close"),
+                "chunk {chunk}: {err}"
+            );
+        }
+        Ok(())
     }
 }

@@ -339,10 +339,22 @@ impl Normalizer {
             .collect()
     }
 
-    /// Converts one input batch into a canonical batch.
+    /// Converts one input batch into a canonical batch; rows in errors continue from the
+    /// previous batch.
     pub fn normalize(&mut self, input: &RecordBatch) -> Result<RecordBatch, DataError> {
-        let n = input.num_rows();
         let first_row = self.rows_seen + 1;
+        let out = self.normalize_at(input, first_row)?;
+        self.rows_seen += input.num_rows() as u64;
+        Ok(out)
+    }
+
+    /// Converts one input batch whose first row is data row `first_row` (1-based) of its chunk.
+    pub fn normalize_at(
+        &self,
+        input: &RecordBatch,
+        first_row: u64,
+    ) -> Result<RecordBatch, DataError> {
+        let n = input.num_rows();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(9);
         for (i, name) in CANONICAL_COLUMNS.iter().enumerate() {
             let col = match (i, self.sources[i]) {
@@ -358,7 +370,6 @@ impl Normalizer {
             };
             columns.push(col);
         }
-        self.rows_seen += n as u64;
         RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| DataError::Internal(e.to_string()))
     }
