@@ -369,7 +369,7 @@ impl DecoderSpec {
 
 /// Bytes per chunk handed to a text decoder thread: large enough to amortise the hand-off, small
 /// enough that the chunks in flight stay a few MB.
-const TEXT_CHUNK_BYTES: usize = 4 << 20;
+const TEXT_CHUNK_BYTES: usize = 1 << 20;
 
 /// A decoded chunk: its canonical batches (rows in errors relative to the chunk) or an error.
 type ChunkResult = Result<Vec<RecordBatch>, DataError>;

@@ -16,9 +16,9 @@ use crate::schema::timestamps_as_text;
 /// when present, which our readers parse back exactly.
 pub const TEXT_TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
 
-/// Rows per parquet row group: about 1M rows keeps the writer's buffered row group to tens of
-/// MB for market data while giving readers large, well-compressed column chunks.
-const ROW_GROUP_ROWS: usize = 1 << 20;
+/// Rows per parquet row group: the writer buffers a whole row group, so 512K rows keeps that to
+/// tens of MB for market data while still giving readers large, well-compressed column chunks.
+const ROW_GROUP_ROWS: usize = 512 * 1024;
 
 /// An output being written in one of the supported formats.
 pub enum Sink {
