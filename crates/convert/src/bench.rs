@@ -255,6 +255,9 @@ fn ensure_venv(venv: &Path) -> anyhow::Result<PathBuf> {
 
 /// Runs the benchmark and prints a table of medians.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        bail!("the benchmark measures release builds only: rerun with cargo run --release");
+    }
     std::fs::create_dir_all(&args.dir)?;
     let input = args.dir.join(format!("ohlcv_{}.csv", args.rows));
     let checks_path = input.with_extension("checks");
