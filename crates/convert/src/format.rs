@@ -124,11 +124,6 @@ impl Format {
     }
 }
 
-/// Submit-time check of a format name (pure).
-pub fn validate_format(name: &str) -> Result<Format, DataError> {
-    Format::from_name(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
