@@ -14,10 +14,16 @@ use crate::format::Format;
 use crate::options::{ConvertOptions, Pipeline};
 use crate::paths::OutputFile;
 use crate::read::{Source, SourceProgress};
-use crate::write::Sink;
+use crate::write::{Sink, encode_text};
 
 /// Batches in flight between the reader and the writer.
 const CHANNEL_DEPTH: usize = 2;
+
+/// Threads encoding text outputs (csv, txt, json, ndjson).
+const ENCODER_THREADS: usize = 2;
+
+/// Rows per piece handed to a text encoder.
+const ENCODE_ROWS: usize = 16 * 1024;
 
 /// A conversion's progress, reported between batches.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,6 +98,66 @@ pub fn convert_file(
         let rx = rx;
         scope.spawn(move || read_all(&mut source, &mut pipeline, &tx));
         let mut last_reported = -1.0_f64;
+        if let Sink::Text(text) = &mut sink {
+            // Text encoding costs as much as parsing: spread it over encoder threads, dealt
+            // round-robin by a dispatcher and collected here in the same order.
+            let format = text.format();
+            let encoders = ENCODER_THREADS;
+            let mut outputs = Vec::with_capacity(encoders);
+            let mut inputs = Vec::with_capacity(encoders);
+            for _ in 0..encoders {
+                let (in_tx, in_rx) =
+                    mpsc::sync_channel::<Result<(RecordBatch, bool), DataError>>(1);
+                let (out_tx, out_rx) = mpsc::sync_channel::<Result<(Vec<u8>, usize), DataError>>(1);
+                scope.spawn(move || {
+                    for item in in_rx {
+                        let encoded = item.and_then(|(b, header)| {
+                            encode_text(&b, format, header).map(|bytes| (bytes, b.num_rows()))
+                        });
+                        if out_tx.send(encoded).is_err() {
+                            return;
+                        }
+                    }
+                });
+                inputs.push(in_tx);
+                outputs.push(out_rx);
+            }
+            scope.spawn(move || {
+                // Zero-copy slices keep each encoded buffer to a couple of MB.
+                let mut i = 0;
+                for item in rx {
+                    let pieces: Vec<Result<RecordBatch, DataError>> = match item {
+                        Ok(b) => (0..b.num_rows().max(1))
+                            .step_by(ENCODE_ROWS)
+                            .map(|off| Ok(b.slice(off, ENCODE_ROWS.min(b.num_rows() - off))))
+                            .collect(),
+                        Err(e) => vec![Err(e)],
+                    };
+                    for piece in pieces {
+                        if inputs[i % encoders]
+                            .send(piece.map(|b| (b, i == 0)))
+                            .is_err()
+                        {
+                            return;
+                        }
+                        i += 1;
+                    }
+                }
+            });
+            let mut next = 0;
+            while let Ok(item) = outputs[next].recv() {
+                next = (next + 1) % encoders;
+                if cancelled() {
+                    return Err(DataError::Cancelled);
+                }
+                let (bytes, n) = item?;
+                text.write_encoded(&bytes, n)?;
+                wrote_any = true;
+                rows += n as u64;
+                report(&src_progress, rows, &mut last_reported, progress);
+            }
+            return Ok(());
+        }
         for item in rx.iter() {
             if cancelled() {
                 return Err(DataError::Cancelled);
