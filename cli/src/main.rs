@@ -75,6 +75,8 @@ enum Command {
         #[command(subcommand)]
         cmd: redline_ratelimit::cli::LimitsCommand,
     },
+    /// Convert a market-data file locally (csv, txt, json, ndjson, parquet, feather, arrow), no queue.
+    Convert(redline_convert::cli::ConvertArgs),
     /// Benchmarks that print figures and ratios against a reference measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -101,6 +103,7 @@ enum Service {
 async fn main() {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Up(_));
+    // `redline convert` drives a progress bar on the terminal; logs would tear it.
     if !quiet {
         redline_runtime::init_tracing(LogFormat::parse(
             std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
@@ -121,6 +124,12 @@ async fn main() {
         Command::Inspect { what } => client::inspect(&cli.endpoint, what).await,
         Command::Limits { ratelimit_url, cmd } => {
             redline_ratelimit::cli::run(cmd, &ratelimit_url).await
+        }
+        // Conversion is synchronous and CPU-bound: keep it off the async workers.
+        Command::Convert(args) => {
+            tokio::task::spawn_blocking(move || redline_convert::cli::run(args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("conversion panicked: {e}")))
         }
         Command::Bench { what } => bench::run(what).await,
         Command::Serve { service } => match serve(service).await {
@@ -162,7 +171,8 @@ async fn serve(service: Service) -> Result<(), Failure> {
         Service::Worker(args) => {
             let config =
                 redline_worker::Config::from_args(args, &ProcessEnv).map_err(Failure::Usage)?;
-            redline_worker::run(config, redline_worker::default_registry(), shutdown).await?;
+            let registry = redline_worker::registry_for(&config);
+            redline_worker::run(config, registry, shutdown).await?;
         }
         Service::Ratelimit(config) => {
             if let Err(problems) = config.validate() {
