@@ -85,15 +85,16 @@ impl TaskServiceImpl {
     ) -> Result<NewTask, Vec<FieldViolation>> {
         let mut v = Vec::new();
         let field = |f: &str| format!("{prefix}{f}");
+        // The read guard is held for the whole (synchronous) validation: specs are borrowed, not cloned.
         let catalog = self.catalog();
-        let spec: Option<TaskSpec> = if req.task_name.is_empty() {
+        let spec: Option<&TaskSpec> = if req.task_name.is_empty() {
             v.push(FieldViolation::new(
                 field("task_name"),
                 "task_name is required",
             ));
             None
         } else {
-            let found = catalog.resolve(&req.task_name).cloned();
+            let found = catalog.resolve(&req.task_name);
             if found.is_none() {
                 v.push(FieldViolation::new(
                     field("task_name"),
@@ -106,7 +107,6 @@ impl TaskServiceImpl {
             }
             found
         };
-        drop(catalog);
 
         let args = req
             .args
@@ -127,7 +127,7 @@ impl TaskServiceImpl {
                     self.limits.max_payload
                 ),
             ));
-        } else if let Some(spec) = &spec {
+        } else if let Some(spec) = spec {
             let empty = serde_json::Map::new();
             if let Err(problems) = spec.bind(
                 args.as_array().map(Vec::as_slice).unwrap_or(&[]),
@@ -410,7 +410,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchTaskResponse, Status>> 
 
 #[tonic::async_trait]
 impl TaskService for TaskServiceImpl {
-    #[tracing::instrument(skip_all, fields(task_name = %request.get_ref().task_name))]
+    #[tracing::instrument(level = "debug", skip_all, fields(task_name = %request.get_ref().task_name))]
     async fn submit_task(
         &self,
         request: Request<SubmitTaskRequest>,
@@ -423,7 +423,7 @@ impl TaskService for TaskServiceImpl {
         Ok(Response::new(self.submit_one(task, &req.task_name).await?))
     }
 
-    #[tracing::instrument(skip_all, fields(count = request.get_ref().tasks.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(count = request.get_ref().tasks.len()))]
     async fn submit_tasks(
         &self,
         request: Request<SubmitTasksRequest>,
@@ -504,7 +504,7 @@ impl TaskService for TaskServiceImpl {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(task_id = %request.get_ref().task_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(task_id = %request.get_ref().task_id))]
     async fn cancel_task(
         &self,
         request: Request<CancelTaskRequest>,
@@ -731,7 +731,7 @@ impl TaskService for TaskServiceImpl {
         Ok(Response::new(ListTaskTypesResponse { task_types: types }))
     }
 
-    #[tracing::instrument(skip_all, fields(task_id = %request.get_ref().task_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(task_id = %request.get_ref().task_id))]
     async fn retry_task(
         &self,
         request: Request<RetryTaskRequest>,
