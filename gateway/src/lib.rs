@@ -1,0 +1,201 @@
+//! REST gateway: the original REDLINE `/tasks` JSON API served over TaskService, rate limited through
+//! RateLimitService.
+//!
+//! # Layout
+//! - [`config`]: flags and environment, validated together.
+//! - [`routes`]: the route table and handlers (JSON ↔ TaskService).
+//! - [`http_rules`]: the protos' `google.api.http` rules, which the route table must match.
+//! - [`error`]: the gRPC-code → HTTP table and the JSON error body.
+//! - [`ratelimit`]: per-route, per-client limits checked with RateLimitService, and the failure mode.
+//! - [`auth`]: optional API keys.
+//! - [`openapi`]: the document served at `/openapi.json`.
+//! - [`bench`]: REST against direct gRPC submit throughput.
+
+pub mod auth;
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod http_rules;
+pub mod json;
+pub mod openapi;
+pub mod ratelimit;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
+use redline_proto::tasks::task_service_client::TaskServiceClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
+
+pub use config::{Args, Config};
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// TaskService client.
+    pub tasks: TaskServiceClient<Channel>,
+    /// TaskService's health client.
+    pub health: HealthClient<Channel>,
+    /// Rate limiter.
+    pub limiter: Arc<ratelimit::RateLimiter>,
+}
+
+/// A lazily connected channel: the gateway starts (and answers 503) while a backend is still away.
+fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+impl AppState {
+    /// Builds clients for the configured backends (no connection is made yet).
+    pub fn new(config: Config) -> Result<Self, tonic::transport::Error> {
+        let tasks_channel = channel(&config.tasks_url)?;
+        let rls = match &config.ratelimit_url {
+            Some(u) => Some(RateLimitServiceClient::new(channel(u)?)),
+            None => None,
+        };
+        let limiter = Arc::new(ratelimit::RateLimiter::new(rls, &config));
+        Ok(Self {
+            config: Arc::new(config),
+            tasks: TaskServiceClient::new(tasks_channel.clone()),
+            health: HealthClient::new(tasks_channel),
+            limiter,
+        })
+    }
+}
+
+/// Logs one line per request with its trace id, taken from `traceparent` when the caller sent one, and echoes
+/// the id in `X-Trace-Id`.
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let trace_id = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    tracing::info!(
+        trace_id = %trace_id,
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    if let Ok(v) = HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert("x-trace-id", v);
+    }
+    response
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
+}
+
+/// The HTTP application. Tests drive it with `app(state).oneshot(request)`.
+pub fn app(state: AppState) -> Router {
+    let mut tasks = Router::new();
+    for r in routes::ROUTES {
+        if let Some(h) = routes::handler(r) {
+            tasks = tasks.route(r.path, h);
+        }
+    }
+    // Layers added later run first: authentication, then rate limiting, then the handler.
+    let tasks = tasks
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::middleware,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ));
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/openapi.json", get(openapi_json))
+        .merge(tasks)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+async fn method_not_allowed(State(_): State<AppState>) -> Response {
+    use axum::response::IntoResponse;
+    error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        tonic::Code::Unimplemented,
+        "Method not allowed",
+    )
+    .into_response()
+}
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A backend URL was rejected.
+    #[error("client: {0}")]
+    Client(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    use axum::serve::ListenerExt;
+    let grace = config.shutdown_grace;
+    tracing::info!(
+        listen = ?listener.local_addr().ok(),
+        tasks = %config.tasks_url,
+        ratelimit = ?config.ratelimit_url,
+        api_keys = config.api_keys.len(),
+        "gateway starting"
+    );
+    let state = AppState::new(config)?;
+    // Small JSON responses: without TCP_NODELAY, Nagle's algorithm delays them behind delayed ACKs.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = std::pin::pin!(server.into_future());
+    let result = tokio::select! {
+        r = server => r,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown grace elapsed; dropping remaining connections");
+            Ok(())
+        }
+    };
+    tracing::info!("gateway stopped");
+    result.map_err(RunError::from)
+}
