@@ -136,18 +136,32 @@ impl RateLimiter {
                 limit: l.limit,
                 window: prost_types::Duration::try_from(Duration::from_millis(l.window_ms)).ok(),
                 algorithm: pb::Algorithm::FixedWindow as i32,
-                // RateLimitService with its Redis away keeps limiting in its own memory.
-                failure_mode: pb::FailureMode::Local as i32,
+                // RateLimitService without its Redis answers UNAVAILABLE, so the gateway's own failure mode
+                // is the one policy for both outages (the service's and its Redis's).
+                failure_mode: pb::FailureMode::Error as i32,
             })
             .collect();
-        let mut request = tonic::Request::new(pb::CheckRequest {
+        let message = pb::CheckRequest {
             key: key.clone(),
             limits: specs,
             ..Default::default()
-        });
-        request.set_timeout(self.timeout);
-        let mut rls = rls.clone();
-        match tokio::time::timeout(self.timeout, rls.check(request)).await {
+        };
+        let rls = rls.clone();
+        let timeout = self.timeout;
+        let attempt = |message: pb::CheckRequest| {
+            let mut rls = rls.clone();
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(timeout);
+            async move { rls.check(request).await }
+        };
+        let decide = async {
+            match attempt(message.clone()).await {
+                // A connection broken by a restart of RateLimitService fails once; the channel reconnects.
+                Err(s) if s.code() == tonic::Code::Unavailable => attempt(message).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, decide).await {
             Ok(Ok(resp)) => {
                 let resp = resp.into_inner();
                 Ok(Some(Decision {

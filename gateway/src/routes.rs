@@ -657,7 +657,8 @@ pub async fn tasks_ready(state: &AppState) -> Result<bool, tonic::Status> {
 async fn tasks_health(State(state): State<AppState>) -> Response {
     let (ready, stats) = tokio::join!(tasks_ready(&state), stats_and_workers(&state));
     let available = ready.is_ok();
-    let connected = matches!(ready, Ok(true));
+    // Readiness is probed periodically; a failing stats call shows an outage that began since.
+    let connected = matches!(ready, Ok(true)) && stats.is_ok();
     let mut body = Map::new();
     body.insert("celery_available".into(), json!(available));
     body.insert("celery_connected".into(), json!(connected));
