@@ -407,11 +407,14 @@ async fn analyze(State(state): State<AppState>, headers: HeaderMap, body: Body) 
 async fn upload(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
     let body = json_object(&state, &headers, body).await?;
     require(&body, &["file_path"])?;
-    let kwargs = kwargs_of(vec![
+    let mut kwargs = kwargs_of(vec![
         ("file_path", field(&body, "file_path")),
-        ("target_format", field(&body, "target_format")),
         ("options", options(&body, "options")?),
     ]);
+    // Optional: absent means "keep the format", which the task's schema expresses by omission, not null.
+    if let Some(t) = body.get("target_format").filter(|t| !t.is_null()) {
+        kwargs.insert("target_format".into(), t.clone());
+    }
     let p = priority(&body)?;
     submit_task(
         &state,
