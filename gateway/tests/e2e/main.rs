@@ -712,3 +712,44 @@ async fn thousand_parallel_submits() {
     listed.sort();
     assert_eq!(listed, unique);
 }
+
+/// `X-Forwarded-For` names the client only behind a trusted proxy; `--reset-header delta` sends seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_and_delta_reset() {
+    let trusted = Suite::start(redline_gateway::Args {
+        trusted_proxies: vec!["127.0.0.1".into()],
+        reset_header: Some("delta".into()),
+        ..args()
+    })
+    .await;
+    for (ip, remaining) in [("9.9.9.9", "49"), ("9.9.9.9", "48"), ("8.8.8.8", "49")] {
+        let r = trusted
+            .send(
+                Method::GET,
+                "/tasks/list",
+                None,
+                Vec::new(),
+                &[("x-forwarded-for", ip)],
+            )
+            .await;
+        assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining), "{ip}");
+        let reset: u64 = r
+            .header("x-ratelimit-reset")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!((3500..=3600).contains(&reset), "delta reset {reset}");
+    }
+    let untrusted = Suite::start(args()).await;
+    for (ip, remaining) in [("9.9.9.9", "49"), ("8.8.8.8", "48")] {
+        let r = untrusted
+            .send(
+                Method::GET,
+                "/tasks/list",
+                None,
+                Vec::new(),
+                &[("x-forwarded-for", ip)],
+            )
+            .await;
+        assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining), "{ip}");
+    }
+}
