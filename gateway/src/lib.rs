@@ -81,6 +81,11 @@ impl AppState {
     }
 }
 
+tokio::task_local! {
+    /// W3C `traceparent` of the request being served, forwarded on TaskService calls.
+    pub static TRACEPARENT: String;
+}
+
 /// Logs one line per request with its trace id, taken from `traceparent` when the caller sent one, and echoes
 /// the id in `X-Trace-Id`.
 async fn access_log(request: Request, next: Next) -> Response {
@@ -94,7 +99,11 @@ async fn access_log(request: Request, next: Next) -> Response {
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
+    // The gateway's own span id under the caller's (or a new) trace, handed to TaskService, which stores it
+    // with the task.
+    let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let traceparent = format!("00-{trace_id}-{span_id}-01");
+    let mut response = TRACEPARENT.scope(traceparent, next.run(request)).await;
     tracing::info!(
         trace_id = %trace_id,
         %method,

@@ -254,6 +254,9 @@ fn options(body: &Map<String, Value>, name: &str) -> Result<Value, ApiError> {
 fn call<T>(state: &AppState, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.set_timeout(state.config.grpc_timeout);
+    if let Ok(Ok(v)) = crate::TRACEPARENT.try_with(|t| t.parse()) {
+        r.metadata_mut().insert("traceparent", v);
+    }
     r
 }
 

@@ -753,3 +753,45 @@ async fn forwarded_for_and_delta_reset() {
         assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining), "{ip}");
     }
 }
+
+/// The caller's W3C trace id is logged, echoed in `X-Trace-Id` and stored with the task by TaskService.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_reaches_task_service() {
+    let suite = Suite::start(args()).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = suite
+        .send(
+            Method::POST,
+            "/tasks/submit",
+            Some("application/json"),
+            br#"{"task_name": "redline.noop"}"#.to_vec(),
+            &[(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("x-trace-id"), Some(trace));
+    let id = r.body["task_id"].as_str().expect("task_id").to_owned();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", suite.tasks_addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let task = redline_proto::tasks::task_service_client::TaskServiceClient::new(channel)
+        .get_task(redline_proto::tasks::GetTaskRequest { task_id: id })
+        .await
+        .expect("get")
+        .into_inner()
+        .task
+        .expect("task");
+    assert!(
+        task.traceparent.starts_with(&format!("00-{trace}-")),
+        "{}",
+        task.traceparent
+    );
+    // Without a caller trace, a fresh id is still returned.
+    let r = suite.get("/tasks/list").await;
+    assert_eq!(r.header("x-trace-id").map(str::len), Some(32));
+}
