@@ -208,3 +208,82 @@ pub async fn run(
     tracing::info!("gateway stopped");
     result.map_err(RunError::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request as HttpRequest, StatusCode};
+    use http_body_util::BodyExt;
+    use std::collections::HashMap;
+    use tower::ServiceExt;
+
+    /// An app whose backends are never reached: routing and body checks happen before any call.
+    fn offline_app() -> Router {
+        let config = Config::from_args(
+            Args {
+                tasks_url: Some("http://127.0.0.1:9".into()),
+                ratelimit_url: Some("none".into()),
+                ..Args::default()
+            },
+            &HashMap::<String, String>::new(),
+        );
+        let Ok(config) = config else { panic!("config") };
+        let Ok(state) = AppState::new(config) else {
+            panic!("state")
+        };
+        app(state)
+    }
+
+    async fn call(
+        method: &str,
+        uri: &str,
+        ct: Option<&str>,
+        body: &'static str,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = HttpRequest::builder().method(method).uri(uri);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let Ok(req) = req.body(Body::from(body)) else {
+            panic!("request")
+        };
+        let Ok(resp) = offline_app().oneshot(req).await;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_json() {
+        let (status, body) = call("GET", "/nowhere", None, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], 5);
+        let (status, body) = call("DELETE", "/tasks/submit", None, "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body["error"].is_string());
+    }
+
+    #[tokio::test]
+    async fn bodies_are_checked_before_any_call() {
+        let (status, _) = call("POST", "/tasks/submit", Some("text/plain"), "x").await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (status, body) = call("POST", "/tasks/convert", Some("application/json"), "{}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "input_file is required");
+        let (status, _) = call("GET", "/healthz", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn dead_task_service_is_503() {
+        let (status, body) = call("GET", "/tasks/status/x", None, "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["code"], 14);
+    }
+}
