@@ -33,6 +33,10 @@ use tonic::transport::Channel;
 pub enum Bench {
     /// The task queue: enqueue, drain, latency and memory, against redis-benchmark.
     Tasks(TaskBenchArgs),
+    /// Rate-limit decisions per algorithm and through Envoy's RPC, against redis-benchmark EVALSHA.
+    Ratelimit(redline_ratelimit::bench::BenchArgs),
+    /// CSV → Parquet (and other conversions) against pyarrow and polars on a generated 5M-row file.
+    Convert(redline_convert::bench::BenchArgs),
 }
 
 /// Sizes of the task benchmark.
@@ -62,6 +66,12 @@ pub struct TaskBenchArgs {
 pub async fn run(what: Bench) -> anyhow::Result<()> {
     match what {
         Bench::Tasks(args) => tasks(args).await,
+        Bench::Ratelimit(args) => redline_ratelimit::bench::run(args).await,
+        Bench::Convert(args) => {
+            tokio::task::spawn_blocking(move || redline_convert::bench::run(args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("benchmark panicked: {e}")))
+        }
     }
 }
 

@@ -63,6 +63,20 @@ enum Command {
         #[command(subcommand)]
         what: client::Inspect,
     },
+    /// Rate limits: check a key, inspect its counters, reset it (talks to RateLimitService).
+    Limits {
+        /// RateLimitService URL.
+        #[arg(
+            long,
+            env = "REDLINE_RATELIMIT_URL",
+            default_value = "http://127.0.0.1:50052"
+        )]
+        ratelimit_url: String,
+        #[command(subcommand)]
+        cmd: redline_ratelimit::cli::LimitsCommand,
+    },
+    /// Convert a market-data file locally (csv, txt, json, ndjson, parquet, feather, arrow), no queue.
+    Convert(redline_convert::cli::ConvertArgs),
     /// Benchmarks that print figures and ratios against a reference measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -81,12 +95,15 @@ enum Service {
     Tasks(redline_tasks::config::Args),
     /// A worker (same flags as redline-worker).
     Worker(redline_worker::config::Args),
+    /// RateLimitService (same flags as redline-ratelimit).
+    Ratelimit(redline_ratelimit::Config),
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Up(_));
+    // `redline convert` drives a progress bar on the terminal; logs would tear it.
     if !quiet {
         redline_runtime::init_tracing(LogFormat::parse(
             std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
@@ -105,6 +122,15 @@ async fn main() {
             dead_letter,
         } => client::list(&cli.endpoint, status, limit, dead_letter).await,
         Command::Inspect { what } => client::inspect(&cli.endpoint, what).await,
+        Command::Limits { ratelimit_url, cmd } => {
+            redline_ratelimit::cli::run(cmd, &ratelimit_url).await
+        }
+        // Conversion is synchronous and CPU-bound: keep it off the async workers.
+        Command::Convert(args) => {
+            tokio::task::spawn_blocking(move || redline_convert::cli::run(args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("conversion panicked: {e}")))
+        }
         Command::Bench { what } => bench::run(what).await,
         Command::Serve { service } => match serve(service).await {
             Err(Failure::Usage(e)) => {
@@ -145,7 +171,15 @@ async fn serve(service: Service) -> Result<(), Failure> {
         Service::Worker(args) => {
             let config =
                 redline_worker::Config::from_args(args, &ProcessEnv).map_err(Failure::Usage)?;
-            redline_worker::run(config, redline_worker::default_registry(), shutdown).await?;
+            let registry = redline_worker::registry_for(&config);
+            redline_worker::run(config, registry, shutdown).await?;
+        }
+        Service::Ratelimit(config) => {
+            if let Err(problems) = config.validate() {
+                return Err(Failure::Usage(redline_runtime::ConfigErrors(problems)));
+            }
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            redline_ratelimit::run(config, listener, shutdown).await?;
         }
     }
     Ok(())

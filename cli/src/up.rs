@@ -23,6 +23,9 @@ pub struct UpArgs {
     /// TaskService address.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub tasks_listen: String,
+    /// RateLimitService address.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub ratelimit_listen: String,
     /// Worker processes to start.
     #[arg(long, default_value_t = 2)]
     pub workers: u16,
@@ -77,6 +80,21 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
             &redis_url,
         ],
     )?);
+    let rules = write_default_rules(&args.state_dir)?;
+    procs.push(spawn(
+        &exe,
+        "ratelimit",
+        &[
+            "serve",
+            "ratelimit",
+            "--listen",
+            &args.ratelimit_listen,
+            "--redis-url",
+            &redis_url,
+            "--config",
+            &rules,
+        ],
+    )?);
     for i in 0..args.workers {
         let id = format!("{}-up-{i}", redline_worker::worker::hostname());
         procs.push(spawn(
@@ -97,6 +115,10 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     println!(
         "TaskService:  grpc://{}  (grpc.health.v1, reflection)",
         args.tasks_listen
+    );
+    println!(
+        "RateLimit:    grpc://{}  (redline.ratelimit.v1 + Envoy RLS v3; rules in {rules})",
+        args.ratelimit_listen
     );
     println!(
         "workers:      {} x concurrency {} on queue redline_tasks",
@@ -169,6 +191,27 @@ async fn start_redis(args: &UpArgs) -> anyhow::Result<(Child, String)> {
         "redis-server did not start listening on port {}",
         args.redis_port
     )
+}
+
+/// The rules RateLimitService starts with, unless the file exists already (then it is the operator's).
+/// They hold REDLINE's defaults: 200 per day and 50 per hour per client and route.
+fn write_default_rules(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("ratelimit.yaml");
+    if !path.exists() {
+        std::fs::write(
+            &path,
+            "# redline rate-limit rules (envoyproxy/ratelimit format with extensions); edits reload live.\n\
+             domain: redline\n\
+             descriptors:\n  \
+               - key: client\n    \
+                 descriptors:\n      \
+                   - key: route\n        \
+                     limits: \"200 per day; 50 per hour\"\n        \
+                     failure_mode: local\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path.display().to_string())
 }
 
 fn spawn(exe: &PathBuf, name: &str, args: &[&str]) -> anyhow::Result<Proc> {

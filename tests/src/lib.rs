@@ -19,8 +19,16 @@ pub struct Suite {
 }
 
 impl Suite {
-    /// Starts Redis, TaskService and one worker (concurrency 4).
+    /// Starts Redis, TaskService and one worker (concurrency 4) with data tasks under `./data`.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(None, None).await
+    }
+
+    /// Starts the suite with the worker's data root at `data_dir` and downloads from `download_url`.
+    pub async fn start_with(
+        data_dir: Option<&std::path::Path>,
+        download_url: Option<&str>,
+    ) -> std::io::Result<Self> {
         let redis = RedisServer::start();
         let stop = CancellationToken::new();
         let no_env: HashMap<String, String> = HashMap::new();
@@ -37,15 +45,14 @@ impl Suite {
             redis_url: Some(redis.url()),
             concurrency: Some("4".into()),
             cancel_grace: Some("500ms".into()),
+            data_dir: data_dir.map(|d| d.display().to_string()),
+            download_base_url: download_url.map(str::to_owned),
             ..Default::default()
         };
         let worker = redline_worker::Config::from_args(worker_args, &no_env)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        tokio::spawn(redline_worker::run(
-            worker,
-            redline_worker::default_registry(),
-            stop.clone(),
-        ));
+        let registry = redline_worker::registry_for(&worker);
+        tokio::spawn(redline_worker::run(worker, registry, stop.clone()));
         Ok(Self {
             redis,
             tasks_addr,

@@ -338,7 +338,75 @@ impl Catalog {
 
 /// Every task type the suite ships: the diagnostics and REDLINE's data tasks.
 pub fn builtin() -> Vec<TaskSpec> {
-    diagnostics()
+    let mut all = diagnostics();
+    all.extend(data_tasks());
+    all
+}
+
+/// File formats the data tasks read and write.
+pub const DATA_FORMATS: [&str; 11] = [
+    "csv", "txt", "text", "json", "ndjson", "jsonl", "parquet", "feather", "arrow", "ipc",
+    "pyarrow",
+];
+
+/// REDLINE's data tasks, with the original's names and keyword arguments. Paths are relative to the
+/// worker's data directory; absolute paths and `..` are refused here, at submit time.
+pub fn data_tasks() -> Vec<TaskSpec> {
+    use ArgKind::*;
+    let options = || ArgSpec::optional("options", Object, "Task options (see the data task docs).");
+    vec![
+        TaskSpec::new(
+            "process_data_conversion",
+            "Converts a market-data file between csv, txt, json, parquet and Arrow IPC, streaming.",
+            vec![
+                ArgSpec::required("input_file", Path, "Input file, relative to the data directory."),
+                ArgSpec::required("output_format", String, "Output format.").one_of(&DATA_FORMATS),
+                ArgSpec::required("output_file", Path, "Output file, relative to the data directory."),
+                options(),
+            ],
+        ),
+        TaskSpec::new(
+            "process_data_download",
+            "Downloads daily OHLCV data for a ticker into downloaded/ as canonical CSV.",
+            vec![
+                ArgSpec::required("ticker", String, "Ticker symbol."),
+                ArgSpec::required("start_date", String, "First day, YYYY-MM-DD."),
+                ArgSpec::required("end_date", String, "Last day, YYYY-MM-DD."),
+                ArgSpec::optional("source", String, "Data source name (default stooq)."),
+                options(),
+            ],
+        ),
+        TaskSpec::new(
+            "process_data_analysis",
+            "Statistics of a data file in one streaming pass.",
+            vec![
+                ArgSpec::required("data_file", Path, "Data file, relative to the data directory."),
+                ArgSpec::required("analysis_type", String, "Kind of analysis.")
+                    .one_of(&["basic", "statistical", "financial", "correlation"]),
+                options(),
+            ],
+        ),
+        TaskSpec::new(
+            "process_file_upload",
+            "Reads an uploaded file and optionally converts it to another format.",
+            vec![
+                ArgSpec::required("file_path", Path, "Uploaded file, relative to the data directory."),
+                ArgSpec::optional("target_format", String, "Format to convert to.").one_of(&DATA_FORMATS),
+                options(),
+            ],
+        ),
+        TaskSpec::new(
+            "process_bulk_operations",
+            "Runs convert, download and analyze operations in order; one failure does not stop the others.",
+            vec![
+                ArgSpec::required("operations", Array, "Operations: [{type, data}]."),
+                options(),
+            ],
+        ),
+    ]
+    .into_iter()
+    .map(TaskSpec::with_celery_alias)
+    .collect()
 }
 
 /// The diagnostic task types every worker runs, used by tests and benchmarks.

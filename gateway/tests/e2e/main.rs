@@ -250,7 +250,7 @@ async fn data_routes_validate_like_the_original() {
         ),
         (
             "/tasks/download",
-            json!({"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-02-01"}),
+            json!({"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-02-01", "source": "stooq"}),
             "process_data_download",
         ),
         (

@@ -40,6 +40,12 @@ pub struct Args {
     /// Start even if Redis may evict keys (maxmemory-policy other than noeviction).
     #[arg(long, env = "REDLINE_ALLOW_EVICTING_REDIS")]
     pub allow_evicting_redis: bool,
+    /// Directory every data-task path resolves in [default: ./data].
+    #[arg(long, env = "REDLINE_DATA_DIR")]
+    pub data_dir: Option<String>,
+    /// Base URL of the Stooq-style daily CSV endpoint used by process_data_download.
+    #[arg(long, env = "REDLINE_DOWNLOAD_BASE_URL")]
+    pub download_base_url: Option<String>,
 }
 
 /// Validated worker configuration.
@@ -65,6 +71,10 @@ pub struct Config {
     pub worker_id: String,
     /// Skip the eviction-policy check.
     pub allow_evicting_redis: bool,
+    /// Data root of the data tasks.
+    pub data_dir: String,
+    /// Override of the download source's base URL.
+    pub download_base_url: Option<String>,
 }
 
 /// Queue names are used in keys and channels: keep them plain.
@@ -152,6 +162,14 @@ impl Config {
                 &suffix[..6]
             )
         });
+        let data_dir = args.data_dir.unwrap_or_else(|| "data".to_owned());
+        if let Some(url) = &args.download_base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "--download-base-url: '{url}' must start with http:// or https://"
+            ));
+        }
         errors.finish(Self {
             redis_url,
             redis_url_source,
@@ -163,6 +181,8 @@ impl Config {
             namespace,
             worker_id,
             allow_evicting_redis: args.allow_evicting_redis,
+            data_dir,
+            download_base_url: args.download_base_url,
         })
     }
 }

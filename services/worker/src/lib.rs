@@ -8,11 +8,13 @@
 //! Layout:
 //! - [`registry`]: the [`TaskHandler`](registry::TaskHandler) trait and the [`Registry`](registry::Registry);
 //! - [`builtin`]: diagnostic task types (`redline.noop`, `echo`, `sleep`, `fail`);
+//! - [`data`]: REDLINE's data tasks over `redline-convert`;
 //! - [`worker`]: the runtime (fetch loop, attempts, completion batcher, heartbeat, drain);
 //! - [`config`]: flags and environment.
 
 pub mod builtin;
 pub mod config;
+pub mod data;
 pub mod registry;
 pub mod worker;
 
@@ -24,11 +26,31 @@ pub use config::Config;
 pub use registry::{Registry, TaskContext, TaskError, TaskHandler};
 pub use worker::{WorkerReport, WorkerSettings};
 
-/// Every task type this build of the worker runs.
+/// Every task type this build of the worker runs, with data paths under `./data`.
 pub fn default_registry() -> Registry {
+    registry(redline_convert::tasks::DataContext::new(
+        redline_convert::DataRoot::new("data"),
+    ))
+}
+
+/// Every task type this build of the worker runs, data tasks resolving paths in `data`.
+pub fn registry(data: redline_convert::tasks::DataContext) -> Registry {
     let mut registry = Registry::new();
     builtin::register(&mut registry);
+    data::register(&mut registry, data);
     registry
+}
+
+/// The registry a worker with `config` runs.
+pub fn registry_for(config: &Config) -> Registry {
+    let mut data =
+        redline_convert::tasks::DataContext::new(redline_convert::DataRoot::new(&config.data_dir));
+    if let Some(url) = &config.download_base_url {
+        data.download
+            .sources
+            .insert("stooq".to_owned(), url.clone());
+    }
+    registry(data)
 }
 
 /// Why the worker could not run.

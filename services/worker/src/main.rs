@@ -22,7 +22,8 @@ async fn main() {
         "configuration loaded"
     );
     let shutdown = redline_runtime::shutdown_on_signal();
-    match redline_worker::run(config, redline_worker::default_registry(), shutdown).await {
+    let registry = redline_worker::registry_for(&config);
+    match redline_worker::run(config, registry, shutdown).await {
         Ok(report) => tracing::info!(?report, "worker stopped"),
         Err(e) => {
             tracing::error!(error = %e, "worker failed to start");

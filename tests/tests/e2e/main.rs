@@ -1,3 +1,4 @@
 //! End-to-end scenarios across processes and languages.
 
+mod data;
 mod python;

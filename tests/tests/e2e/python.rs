@@ -16,6 +16,7 @@ fn python() -> Option<String> {
     }
     let ok = Command::new("python3")
         .args(["-c", "import grpc, grpc_tools"])
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     ok.then(|| "python3".to_owned())

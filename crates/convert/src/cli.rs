@@ -1,0 +1,135 @@
+//! `redline convert IN OUT`: the conversion as a local command, without the task queue.
+//!
+//! Paths are used as given (the operator's own files, not the data root sandbox). A progress bar
+//! is drawn when stderr is a terminal.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::convert::{ConvertJob, convert_file};
+use crate::format::{Compression, Format};
+use crate::options::{ConvertOptions, HandleMissing};
+
+/// Arguments of `redline convert`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConvertArgs {
+    /// Input file; its format comes from the extension unless --input-format is given.
+    pub input: PathBuf,
+    /// Output file; its format comes from the extension unless --format is given.
+    pub output: PathBuf,
+    /// Output format: csv, txt, json, ndjson, parquet, feather or arrow.
+    #[arg(long, short = 'f')]
+    pub format: Option<String>,
+    /// Input format, when the extension does not say.
+    #[arg(long)]
+    pub input_format: Option<String>,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Drop rows whose (ticker, timestamp) was already seen (keeps a key set in memory).
+    #[arg(long)]
+    pub remove_duplicates: bool,
+    /// Missing values: none, drop, forward_fill or backward_fill.
+    #[arg(long, default_value = "none")]
+    pub handle_missing: String,
+    /// Output columns, comma-separated, in order (canonical names).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+    /// Parquet compression: snappy, zstd or none.
+    #[arg(long, default_value = "snappy")]
+    pub compression: String,
+    /// Rows per batch.
+    #[arg(long, default_value_t = crate::read::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// No progress bar or summary.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Print `peak_rss_kb=N` (VmHWM) to stderr at exit; used by the benchmark.
+    #[arg(long, hide = true)]
+    pub report_peak_rss: bool,
+}
+
+/// Runs the conversion.
+pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    let input_format = match &args.input_format {
+        Some(f) => Format::from_name(f)?,
+        None => Format::from_path(&args.input)?,
+    };
+    let output_format = match &args.format {
+        Some(f) => Format::from_name(f)?,
+        None => Format::from_path(&args.output)?,
+    };
+    let options = ConvertOptions {
+        overwrite: args.overwrite,
+        remove_duplicates: args.remove_duplicates,
+        handle_missing: HandleMissing::parse(&args.handle_missing)?,
+        columns: args.columns.clone(),
+        compression: Compression::parse(&args.compression)?,
+        batch_size: args.batch_size.max(1),
+        ..ConvertOptions::default()
+    };
+    options.output_columns()?;
+    let show = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if show {
+        let bar = ProgressBar::new(1000);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {percent:>3}% {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let name = args.input.display().to_string();
+    let job = ConvertJob {
+        input: &args.input,
+        input_name: &name,
+        input_format,
+        output: &args.output,
+        output_format,
+        default_ticker: None,
+    };
+    let summary = convert_file(
+        &job,
+        &options,
+        &mut |p| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            bar.set_position((p.fraction * 1000.0) as u64);
+            bar.set_message(format!("{} rows", p.rows));
+        },
+        &|| false,
+    )
+    .with_context(|| format!("converting {} to {}", name, args.output.display()))?;
+    bar.finish_and_clear();
+    if !args.quiet {
+        println!(
+            "{} -> {} ({}): {} rows, {} columns in {:.2}s",
+            name,
+            args.output.display(),
+            output_format.name(),
+            summary.rows,
+            summary.columns.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if args.report_peak_rss {
+        eprintln!("peak_rss_kb={}", peak_rss_kb().unwrap_or(0));
+    }
+    Ok(())
+}
+
+/// This process's peak resident set size (VmHWM) in KiB, from `/proc/self/status`.
+pub fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,423 @@
+//! Conversion options and the streaming transforms that apply them.
+//!
+//! | option | memory |
+//! |---|---|
+//! | `columns` (selection and order) | streaming, none |
+//! | `handle_missing: "drop"` | streaming, none |
+//! | `handle_missing: "forward_fill"` | streaming, one carried value per column |
+//! | `handle_missing: "backward_fill"` | holds rows back until a later value fills them; at most `max_pending_rows` (default 1,000,000) rows, else [`DataError::LimitExceeded`] |
+//! | `remove_duplicates` | a hash set of (ticker, timestamp) keys over the whole file, at most `max_dedup_keys` (default 3,500,000, about 70 MB) distinct keys, else [`DataError::LimitExceeded`] |
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
+use arrow::compute::{concat, concat_batches, filter_record_batch, take};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde_json::Value;
+
+use crate::error::DataError;
+use crate::format::Compression;
+use crate::read::DEFAULT_BATCH_SIZE;
+use crate::schema::{CANONICAL_COLUMNS, canonical_schema, timestamp_array};
+
+/// Default cap on distinct (ticker, timestamp) keys kept for `remove_duplicates`.
+pub const DEFAULT_MAX_DEDUP_KEYS: usize = 3_500_000;
+/// Default cap on rows held back by `backward_fill`.
+pub const DEFAULT_MAX_PENDING_ROWS: usize = 1_000_000;
+
+/// What to do with missing values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HandleMissing {
+    /// Keep them as nulls.
+    #[default]
+    None,
+    /// Drop rows with a missing value in any column the input carries.
+    Drop,
+    /// Fill from the previous row (across the whole file, as pandas `ffill`).
+    ForwardFill,
+    /// Fill from the next row (as pandas `bfill`); needs look-ahead, see the module docs.
+    BackwardFill,
+}
+
+impl HandleMissing {
+    /// Parses `none`, `drop`, `forward_fill` (`ffill`) or `backward_fill` (`bfill`).
+    pub fn parse(s: &str) -> Result<Self, DataError> {
+        match s {
+            "" | "none" => Ok(Self::None),
+            "drop" => Ok(Self::Drop),
+            "forward_fill" | "ffill" => Ok(Self::ForwardFill),
+            "backward_fill" | "bfill" => Ok(Self::BackwardFill),
+            other => Err(DataError::InvalidInput(format!(
+                "unknown handle_missing '{other}' (expected none, drop, forward_fill or backward_fill)"
+            ))),
+        }
+    }
+}
+
+/// Options of a conversion (the task's `options` object; unknown keys are ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// Replace an existing output.
+    pub overwrite: bool,
+    /// Drop rows whose (ticker, timestamp) was seen before.
+    pub remove_duplicates: bool,
+    /// Missing-value handling.
+    pub handle_missing: HandleMissing,
+    /// Output columns, in order (canonical names); all canonical columns when `None`.
+    pub columns: Option<Vec<String>>,
+    /// Parquet compression.
+    pub compression: Compression,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Cap for `remove_duplicates`.
+    pub max_dedup_keys: usize,
+    /// Cap for `backward_fill`.
+    pub max_pending_rows: usize,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        Self {
+            overwrite: false,
+            remove_duplicates: false,
+            handle_missing: HandleMissing::None,
+            columns: None,
+            compression: Compression::Snappy,
+            batch_size: DEFAULT_BATCH_SIZE,
+            max_dedup_keys: DEFAULT_MAX_DEDUP_KEYS,
+            max_pending_rows: DEFAULT_MAX_PENDING_ROWS,
+        }
+    }
+}
+
+impl ConvertOptions {
+    /// Reads options from a task's `options` value (`null` or an object). `column_order` is
+    /// accepted as an alias of `columns`, as the original's converter named it.
+    pub fn from_json(v: &Value) -> Result<Self, DataError> {
+        let mut o = Self::default();
+        let map = match v {
+            Value::Null => return Ok(o),
+            Value::Object(m) => m,
+            _ => {
+                return Err(DataError::InvalidInput(
+                    "options must be an object".to_owned(),
+                ));
+            }
+        };
+        let bool_opt = |k: &str| -> Result<Option<bool>, DataError> {
+            match map.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(_) => Err(DataError::InvalidInput(format!(
+                    "option {k} must be a boolean"
+                ))),
+            }
+        };
+        let usize_opt = |k: &str| -> Result<Option<usize>, DataError> {
+            match map.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| *n > 0)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        DataError::InvalidInput(format!("option {k} must be a positive integer"))
+                    }),
+            }
+        };
+        o.overwrite = bool_opt("overwrite")?.unwrap_or(false);
+        o.remove_duplicates = bool_opt("remove_duplicates")?.unwrap_or(false);
+        if let Some(v) = map.get("handle_missing").filter(|v| !v.is_null()) {
+            let s = v.as_str().ok_or_else(|| {
+                DataError::InvalidInput("option handle_missing must be a string".to_owned())
+            })?;
+            o.handle_missing = HandleMissing::parse(s)?;
+        }
+        if let Some(v) = map
+            .get("columns")
+            .or_else(|| map.get("column_order"))
+            .filter(|v| !v.is_null())
+        {
+            let cols = v
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|c| c.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| {
+                    DataError::InvalidInput("option columns must be a list of names".to_owned())
+                })?;
+            o.columns = Some(cols);
+        }
+        if let Some(v) = map.get("compression").filter(|v| !v.is_null()) {
+            let s = v.as_str().ok_or_else(|| {
+                DataError::InvalidInput("option compression must be a string".to_owned())
+            })?;
+            o.compression = Compression::parse(s)?;
+        }
+        if let Some(n) = usize_opt("batch_size")? {
+            o.batch_size = n;
+        }
+        if let Some(n) = usize_opt("max_dedup_keys")? {
+            o.max_dedup_keys = n;
+        }
+        if let Some(n) = usize_opt("max_pending_rows")? {
+            o.max_pending_rows = n;
+        }
+        o.output_columns()?;
+        Ok(o)
+    }
+
+    /// Indices into the canonical schema of the output columns, in output order.
+    pub fn output_columns(&self) -> Result<Vec<usize>, DataError> {
+        let Some(cols) = &self.columns else {
+            return Ok((0..CANONICAL_COLUMNS.len()).collect());
+        };
+        if cols.is_empty() {
+            return Err(DataError::InvalidInput(
+                "columns must not be empty".to_owned(),
+            ));
+        }
+        let mut out = Vec::with_capacity(cols.len());
+        for c in cols {
+            let i = CANONICAL_COLUMNS
+                .iter()
+                .position(|k| k.eq_ignore_ascii_case(c))
+                .ok_or_else(|| {
+                    DataError::InvalidInput(format!(
+                        "unknown column '{c}' (expected one of {})",
+                        CANONICAL_COLUMNS.join(", ")
+                    ))
+                })?;
+            if out.contains(&i) {
+                return Err(DataError::InvalidInput(format!(
+                    "column '{c}' is listed twice"
+                )));
+            }
+            out.push(i);
+        }
+        Ok(out)
+    }
+
+    /// The output schema.
+    pub fn output_schema(&self) -> Result<SchemaRef, DataError> {
+        let full = canonical_schema();
+        let idx = self.output_columns()?;
+        Ok(Arc::new(Schema::new(
+            idx.iter()
+                .map(|&i| full.field(i).clone())
+                .collect::<Vec<_>>(),
+        )))
+    }
+}
+
+/// Applies dedup, missing-value handling and column selection to canonical batches, in that order.
+pub struct Pipeline {
+    options: ConvertOptions,
+    present: Vec<usize>,
+    select: Vec<usize>,
+    schema: SchemaRef,
+    tickers: HashMap<String, u32>,
+    seen: HashSet<(u32, i64)>,
+    carry: Vec<Option<ArrayRef>>,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+}
+
+impl Pipeline {
+    /// A pipeline for an input carrying the canonical columns named in `present`.
+    pub fn new(options: &ConvertOptions, present: &[&str]) -> Result<Self, DataError> {
+        let present = present
+            .iter()
+            .filter_map(|p| CANONICAL_COLUMNS.iter().position(|c| c == p))
+            .collect();
+        Ok(Self {
+            select: options.output_columns()?,
+            schema: options.output_schema()?,
+            options: options.clone(),
+            present,
+            tickers: HashMap::new(),
+            seen: HashSet::new(),
+            carry: vec![None; CANONICAL_COLUMNS.len()],
+            pending: Vec::new(),
+            pending_rows: 0,
+        })
+    }
+
+    /// The schema of the batches this pipeline emits.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Feeds one canonical batch; returns the batches ready for output.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, DataError> {
+        let batch = if self.options.remove_duplicates {
+            self.dedup(&batch)?
+        } else {
+            batch
+        };
+        let out = match self.options.handle_missing {
+            HandleMissing::None => vec![batch],
+            HandleMissing::Drop => vec![self.drop_missing(&batch)?],
+            HandleMissing::ForwardFill => vec![self.forward_fill(&batch)?],
+            HandleMissing::BackwardFill => self.backward_fill(batch, false)?,
+        };
+        out.into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| self.select(&b))
+            .collect()
+    }
+
+    /// Flushes rows held back (backward fill) at the end of the input.
+    pub fn finish(&mut self) -> Result<Vec<RecordBatch>, DataError> {
+        if self.options.handle_missing != HandleMissing::BackwardFill || self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let empty = RecordBatch::new_empty(canonical_schema());
+        let out = self.backward_fill(empty, true)?;
+        out.into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| self.select(&b))
+            .collect()
+    }
+
+    fn select(&self, batch: &RecordBatch) -> Result<RecordBatch, DataError> {
+        batch
+            .project(&self.select)
+            .map_err(|e| DataError::Internal(e.to_string()))
+    }
+
+    fn dedup(&mut self, batch: &RecordBatch) -> Result<RecordBatch, DataError> {
+        let tickers = batch.column(0);
+        let tickers = tickers
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| DataError::Internal("ticker column is not Utf8".to_owned()))?;
+        let ts = timestamp_array(batch)
+            .ok_or_else(|| DataError::Internal("timestamp column is not canonical".to_owned()))?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let tid = if tickers.is_null(i) {
+                u32::MAX
+            } else {
+                let t = tickers.value(i);
+                match self.tickers.get(t) {
+                    Some(id) => *id,
+                    None => {
+                        let id = u32::try_from(self.tickers.len()).unwrap_or(u32::MAX - 1);
+                        self.tickers.insert(t.to_owned(), id);
+                        id
+                    }
+                }
+            };
+            // A missing timestamp is a key of its own, as pandas treats NaT as equal to NaT.
+            let key = (tid, if ts.is_null(i) { i64::MIN } else { ts.value(i) });
+            let fresh = self.seen.insert(key);
+            if fresh && self.seen.len() > self.options.max_dedup_keys {
+                return Err(DataError::LimitExceeded(format!(
+                    "remove_duplicates keeps every distinct (ticker, timestamp) key in memory and \
+                     the input has more than {} (set max_dedup_keys to raise the cap)",
+                    self.options.max_dedup_keys
+                )));
+            }
+            keep.push(fresh);
+        }
+        filter_record_batch(batch, &BooleanArray::from(keep))
+            .map_err(|e| DataError::Internal(e.to_string()))
+    }
+
+    fn drop_missing(&self, batch: &RecordBatch) -> Result<RecordBatch, DataError> {
+        let keep: Vec<bool> = (0..batch.num_rows())
+            .map(|i| self.present.iter().all(|&c| batch.column(c).is_valid(i)))
+            .collect();
+        filter_record_batch(batch, &BooleanArray::from(keep))
+            .map_err(|e| DataError::Internal(e.to_string()))
+    }
+
+    fn forward_fill(&mut self, batch: &RecordBatch) -> Result<RecordBatch, DataError> {
+        let n = batch.num_rows();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        for &c in &self.present {
+            let col = batch.column(c);
+            if col.null_count() == 0 {
+                self.carry[c] = Some(col.slice(n.saturating_sub(1), n.min(1)));
+                continue;
+            }
+            // Index 0 of `combined` is the value carried from the previous batch (or a null).
+            let carried = match &self.carry[c] {
+                Some(v) => v.clone(),
+                None => arrow::array::new_null_array(col.data_type(), 1),
+            };
+            let combined = concat(&[carried.as_ref(), col.as_ref()]).map_err(internal)?;
+            let mut last: Option<u32> = None;
+            let mut idx = Vec::with_capacity(n + 1);
+            for i in 0..=n {
+                if combined.is_valid(i) {
+                    last = u32::try_from(i).ok();
+                }
+                idx.push(last);
+            }
+            let filled = take(&combined, &UInt32Array::from(idx), None).map_err(internal)?;
+            if let Some(l) = last {
+                self.carry[c] = Some(combined.slice(l as usize, 1));
+            }
+            columns[c] = filled.slice(1, n);
+        }
+        RecordBatch::try_new(batch.schema(), columns).map_err(internal)
+    }
+
+    fn backward_fill(
+        &mut self,
+        batch: RecordBatch,
+        at_end: bool,
+    ) -> Result<Vec<RecordBatch>, DataError> {
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        let schema = self.pending[0].schema();
+        let combined = concat_batches(&schema, &self.pending).map_err(internal)?;
+        let n = combined.num_rows();
+        // Rows before `ready` have a later non-null value in every column that needs one.
+        let mut ready = n;
+        let mut columns: Vec<ArrayRef> = combined.columns().to_vec();
+        for &c in &self.present {
+            let col = combined.column(c);
+            if col.null_count() == 0 {
+                continue;
+            }
+            let mut next: Option<u32> = None;
+            let mut idx = vec![None; n];
+            for i in (0..n).rev() {
+                if col.is_valid(i) {
+                    next = u32::try_from(i).ok();
+                }
+                idx[i] = next;
+            }
+            let last_valid = (0..n).rev().find(|&i| col.is_valid(i)).map_or(0, |i| i + 1);
+            ready = ready.min(last_valid);
+            columns[c] = take(col.as_ref(), &UInt32Array::from(idx), None).map_err(internal)?;
+        }
+        if at_end {
+            ready = n;
+        }
+        let filled = RecordBatch::try_new(schema, columns).map_err(internal)?;
+        self.pending = vec![combined.slice(ready, n - ready)];
+        self.pending_rows = n - ready;
+        if self.pending_rows > self.options.max_pending_rows {
+            return Err(DataError::LimitExceeded(format!(
+                "backward_fill must hold back rows until a later value fills them, and more than \
+                 {} rows in a row are missing a value (set max_pending_rows to raise the cap, or \
+                 use forward_fill, which streams)",
+                self.options.max_pending_rows
+            )));
+        }
+        Ok(vec![filled.slice(0, ready)])
+    }
+}
+
+fn internal(e: arrow::error::ArrowError) -> DataError {
+    DataError::Internal(e.to_string())
+}

@@ -1,0 +1,291 @@
+//! The data root sandbox and atomic output files.
+//!
+//! Every path a task receives is relative to a [`DataRoot`]; absolute paths and `..` are refused
+//! before the filesystem is touched, and resolved paths are checked again after symlinks are
+//! followed. Outputs are written to a hidden temporary file in the destination directory and
+//! renamed into place, so a crash or a failed conversion never leaves a partial file under the
+//! final name.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{DataError, PathError};
+
+/// Checks a user-supplied relative path without touching the filesystem.
+///
+/// Refuses empty paths, absolute paths, any `..` component, backslashes and NUL bytes.
+pub fn validate_relative_path(path: &str) -> Result<(), PathError> {
+    if path.trim().is_empty() {
+        return Err(PathError::Empty);
+    }
+    // Backslashes would be separators on Windows and never appear in our data file names.
+    if path.contains('\0') || path.contains('\\') {
+        return Err(PathError::ForbiddenCharacter(path.to_owned()));
+    }
+    let p = Path::new(path);
+    if p.is_absolute() || path.starts_with('/') {
+        return Err(PathError::Absolute(path.to_owned()));
+    }
+    for c in p.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(PathError::Escapes(path.to_owned())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(PathError::Absolute(path.to_owned()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The directory every task path is resolved in (`REDLINE_DATA_DIR`, `./data` by default; the
+/// caller reads the environment, this library never does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRoot {
+    dir: PathBuf,
+}
+
+// === impl DataRoot ===
+
+impl DataRoot {
+    /// A data root at `dir` (created on first write if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The root directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Resolves an existing input file, refusing escapes (including through symlinks).
+    pub fn resolve_input(&self, rel: &str) -> Result<PathBuf, DataError> {
+        validate_relative_path(rel)?;
+        let path = self.dir.join(rel);
+        let real = match path.canonicalize() {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DataError::NotFound(rel.to_owned()));
+            }
+            Err(e) => return Err(DataError::io(&path, e)),
+        };
+        self.check_inside(rel, &real)?;
+        if !real.is_file() {
+            return Err(DataError::InvalidInput(format!("'{rel}' is not a file")));
+        }
+        Ok(real)
+    }
+
+    /// Resolves the first of `candidates` that exists, or `NotFound` naming the first.
+    pub fn resolve_first(&self, candidates: &[String]) -> Result<PathBuf, DataError> {
+        for c in candidates {
+            match self.resolve_input(c) {
+                Err(DataError::NotFound(_)) => {}
+                other => return other,
+            }
+        }
+        Err(DataError::NotFound(
+            candidates.first().cloned().unwrap_or_default(),
+        ))
+    }
+
+    /// Resolves an output path, creating its parent directories inside the root.
+    pub fn resolve_output(&self, rel: &str) -> Result<PathBuf, DataError> {
+        validate_relative_path(rel)?;
+        let path = self.dir.join(rel);
+        let parent = path
+            .parent()
+            .ok_or_else(|| DataError::InvalidInput(format!("'{rel}' has no parent directory")))?;
+        std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+        let real_parent = parent
+            .canonicalize()
+            .map_err(|e| DataError::io(parent, e))?;
+        self.check_inside(rel, &real_parent)?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| DataError::InvalidInput(format!("'{rel}' has no file name")))?;
+        Ok(real_parent.join(name))
+    }
+
+    fn check_inside(&self, rel: &str, real: &Path) -> Result<(), DataError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| DataError::io(&self.dir, e))?;
+        let root = self
+            .dir
+            .canonicalize()
+            .map_err(|e| DataError::io(&self.dir, e))?;
+        if real.starts_with(&root) {
+            Ok(())
+        } else {
+            Err(PathError::Escapes(rel.to_owned()).into())
+        }
+    }
+
+    /// `path` relative to the root, for results (falls back to the full path).
+    pub fn relative(&self, path: &Path) -> String {
+        let root = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        path.strip_prefix(&root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// An output being written: a hidden temporary file beside the destination, renamed into place
+/// by [`OutputFile::commit`] and deleted if dropped uncommitted.
+pub struct OutputFile {
+    writer: BufWriter<File>,
+    temp: tempfile::TempPath,
+    dest: PathBuf,
+    overwrite: bool,
+}
+
+// === impl OutputFile ===
+
+impl OutputFile {
+    /// Starts an output at `dest`; fails at once if it exists and `overwrite` is false, so no work
+    /// is wasted on a conversion whose result could not be kept.
+    pub fn create(dest: &Path, overwrite: bool) -> Result<Self, DataError> {
+        if !overwrite && dest.exists() {
+            return Err(DataError::AlreadyExists(dest.display().to_string()));
+        }
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        // Temporary files are created owner-only; the renamed output should get the usual mode
+        // (0644 narrowed by the umask) like any file the process creates.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        let tmp = builder
+            .tempfile_in(&dir)
+            .map_err(|e| DataError::io(&dir, e))?;
+        let (file, temp) = tmp.into_parts();
+        Ok(Self {
+            writer: BufWriter::with_capacity(1 << 20, file),
+            temp,
+            dest: dest.to_path_buf(),
+            overwrite,
+        })
+    }
+
+    /// The buffered writer of the temporary file.
+    pub fn writer(&mut self) -> &mut BufWriter<File> {
+        &mut self.writer
+    }
+
+    /// Flushes, syncs and renames the temporary file onto the destination.
+    pub fn commit(self) -> Result<(), DataError> {
+        let OutputFile {
+            writer,
+            temp,
+            dest,
+            overwrite,
+        } = self;
+        let file = writer
+            .into_inner()
+            .map_err(|e| DataError::io(&dest, e.into_error()))?;
+        file.sync_all().map_err(|e| DataError::io(&dest, e))?;
+        drop(file);
+        let res = if overwrite {
+            temp.persist(&dest)
+        } else {
+            // Refuse to clobber a file that appeared while we were converting.
+            temp.persist_noclobber(&dest)
+        };
+        res.map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                DataError::AlreadyExists(dest.display().to_string())
+            } else {
+                DataError::io(&dest, e.error)
+            }
+        })
+    }
+}
+
+impl Write for OutputFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writer.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_validated_without_the_filesystem() {
+        assert!(validate_relative_path("a.csv").is_ok());
+        assert!(validate_relative_path("downloaded/a.csv").is_ok());
+        assert!(validate_relative_path("./a.csv").is_ok());
+        assert_eq!(validate_relative_path(""), Err(PathError::Empty));
+        assert!(matches!(
+            validate_relative_path("/etc/passwd"),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            validate_relative_path("../x.csv"),
+            Err(PathError::Escapes(_))
+        ));
+        assert!(matches!(
+            validate_relative_path("a/../../x.csv"),
+            Err(PathError::Escapes(_))
+        ));
+        assert!(matches!(
+            validate_relative_path("a\\..\\x"),
+            Err(PathError::ForbiddenCharacter(_))
+        ));
+    }
+
+    #[test]
+    fn symlink_out_of_the_root_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let outside = tempfile::tempdir()?;
+        std::fs::write(outside.path().join("secret.csv"), "a\n1\n")?;
+        let root = tempfile::tempdir()?;
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link"))?;
+        let dr = DataRoot::new(root.path());
+        assert!(matches!(
+            dr.resolve_input("link/secret.csv"),
+            Err(DataError::Path(PathError::Escapes(_)))
+        ));
+        assert!(matches!(
+            dr.resolve_output("link/out.csv"),
+            Err(DataError::Path(PathError::Escapes(_)))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn uncommitted_output_leaves_nothing_and_existing_files_are_kept()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let dest = dir.path().join("out.csv");
+        {
+            let mut out = OutputFile::create(&dest, false)?;
+            out.write_all(b"partial")?;
+        }
+        assert!(!dest.exists());
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
+        std::fs::write(&dest, "old")?;
+        assert!(matches!(
+            OutputFile::create(&dest, false),
+            Err(DataError::AlreadyExists(_))
+        ));
+        let mut out = OutputFile::create(&dest, true)?;
+        out.write_all(b"new")?;
+        out.commit()?;
+        assert_eq!(std::fs::read_to_string(&dest)?, "new");
+        Ok(())
+    }
+}
