@@ -1,0 +1,325 @@
+//! REST `POST /tasks/submit` against direct gRPC `SubmitTask`, both rate limited through RateLimitService.
+//!
+//! The direct path is what a gRPC client that honours the same limits does: `Check`, then `SubmitTask`. The
+//! REST path is one HTTP request, for which the gateway does the same two calls. The difference is the
+//! gateway's cost: HTTP/1.1 parsing, JSON translation and one more hop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use redline_proto::redline::ratelimit::v1 as rl;
+use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
+use redline_proto::tasks as pb;
+use redline_proto::tasks::task_service_client::TaskServiceClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// Benchmark options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Runs per path (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Seconds of each throughput measurement.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Requests in flight for the throughput measurement.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Requests in flight for the latency measurement (low, so latency is not queueing).
+    #[arg(long, default_value_t = 2)]
+    pub latency_concurrency: usize,
+    /// Seconds of each latency measurement.
+    #[arg(long, default_value_t = 2)]
+    pub latency_seconds: u64,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        Self {
+            runs: 3,
+            seconds: 3,
+            concurrency: 32,
+            latency_concurrency: 2,
+            latency_seconds: 2,
+        }
+    }
+}
+
+/// Limits high enough never to refuse, so every request pays for a real decision.
+const BENCH_LIMITS: &str = "1000000000 per day; 1000000000 per hour";
+
+struct Stack {
+    _redis: redline_taskqueue::testing::RedisServer,
+    tasks: SocketAddr,
+    rls: SocketAddr,
+    gateway: SocketAddr,
+    stop: CancellationToken,
+}
+
+async fn start_stack() -> anyhow::Result<Stack> {
+    let redis = redline_taskqueue::testing::RedisServer::start();
+    let env: HashMap<String, String> = HashMap::new();
+    let stop = CancellationToken::new();
+    let tasks_config = redline_tasks::Config::from_args(
+        redline_tasks::config::Args {
+            redis_url: Some(redis.url()),
+            ..Default::default()
+        },
+        &env,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let tasks = l.local_addr()?;
+    tokio::spawn(redline_tasks::run(tasks_config, l, stop.clone()));
+    let worker = redline_worker::Config::from_args(
+        redline_worker::config::Args {
+            redis_url: Some(redis.url()),
+            ..Default::default()
+        },
+        &env,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::spawn(redline_worker::run(
+        worker,
+        redline_worker::default_registry(),
+        stop.clone(),
+    ));
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let rls = l.local_addr()?;
+    let rls_config = <redline_ratelimit::Config as clap::Parser>::try_parse_from([
+        "redline-ratelimit",
+        "--redis-url",
+        &redis.url(),
+    ])?;
+    tokio::spawn(redline_ratelimit::run(rls_config, l, stop.clone()));
+    let gw_config = crate::Config::from_args(
+        crate::Args {
+            tasks_url: Some(format!("http://{tasks}")),
+            ratelimit_url: Some(format!("http://{rls}")),
+            default_limits: Some(BENCH_LIMITS.to_owned()),
+            ..Default::default()
+        },
+        &env,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let gateway = l.local_addr()?;
+    tokio::spawn(crate::run(gw_config, l, stop.clone()));
+    Ok(Stack {
+        _redis: redis,
+        tasks,
+        rls,
+        gateway,
+        stop,
+    })
+}
+
+#[derive(Clone)]
+enum Path {
+    Direct {
+        tasks: TaskServiceClient<Channel>,
+        rls: RateLimitServiceClient<Channel>,
+    },
+    Rest {
+        client: Client<HttpConnector, Full<Bytes>>,
+        url: String,
+    },
+}
+
+fn limits() -> Vec<rl::LimitSpec> {
+    redline_ratelimit::limits::parse_flask_limits(
+        BENCH_LIMITS,
+        redline_ratelimit::limits::Algorithm::FixedWindow,
+    )
+    .unwrap_or_default()
+    .into_iter()
+    .map(|l| rl::LimitSpec {
+        name: l.name,
+        limit: l.limit,
+        window: prost_types::Duration::try_from(Duration::from_millis(l.window_ms)).ok(),
+        algorithm: rl::Algorithm::FixedWindow as i32,
+        failure_mode: rl::FailureMode::Error as i32,
+    })
+    .collect()
+}
+
+impl Path {
+    async fn one(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Direct { tasks, rls } => {
+                let decision = rls
+                    .check(rl::CheckRequest {
+                        key: "gateway|bench|direct".into(),
+                        limits: limits(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                anyhow::ensure!(decision.allowed, "refused");
+                tasks
+                    .submit_task(pb::SubmitTaskRequest {
+                        task_name: "redline.noop".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            Self::Rest { client, url } => {
+                let req = hyper::Request::post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(
+                        br#"{"task_name": "redline.noop", "args": [], "kwargs": {}}"#,
+                    )))?;
+                let resp = client.request(req).await?;
+                let status = resp.status();
+                let _ = resp.into_body().collect().await?;
+                anyhow::ensure!(status.is_success(), "HTTP {status}");
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Figures {
+    per_second: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+async fn drive(
+    path: &Path,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<(u64, hdrhistogram::Histogram<u64>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for _ in 0..concurrency {
+        let mut path = path.clone();
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                path.one().await?;
+                h.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+                n += 1;
+            }
+            anyhow::Ok((n, h))
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+    for h in handles {
+        let (n, h) = h.await??;
+        total += n;
+        hist.add(h)?;
+    }
+    Ok((total, hist))
+}
+
+async fn measure(path: &Path, args: &BenchArgs) -> anyhow::Result<Figures> {
+    let (n, _) = drive(path, args.concurrency, args.seconds).await?;
+    let (_, hist) = drive(path, args.latency_concurrency, args.latency_seconds).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let per_second = n as f64 / args.seconds as f64;
+    Ok(Figures {
+        per_second,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn median_u(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+async fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+/// Starts a private suite (redis-server, TaskService, a worker, RateLimitService, the gateway), then
+/// alternates direct-gRPC and REST runs and prints the medians and their ratios.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let stack = start_stack().await.context("starting the suite")?;
+    // Let every service finish its first Redis probe.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let direct = Path::Direct {
+        tasks: TaskServiceClient::new(channel(stack.tasks).await?),
+        rls: RateLimitServiceClient::new(channel(stack.rls).await?),
+    };
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let rest = Path::Rest {
+        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(http),
+        url: format!("http://{}/tasks/submit", stack.gateway),
+    };
+    // Warm connections and caches on both paths.
+    drive(&direct, args.concurrency, 1).await?;
+    drive(&rest, args.concurrency, 1).await?;
+    let (mut d, mut r) = (Vec::new(), Vec::new());
+    for i in 0..args.runs.max(1) {
+        d.push(measure(&direct, &args).await?);
+        r.push(measure(&rest, &args).await?);
+        println!(
+            "run {}: direct {:.0}/s p99 {} µs | rest {:.0}/s p99 {} µs",
+            i + 1,
+            d[i].per_second,
+            d[i].p99_us,
+            r[i].per_second,
+            r[i].p99_us
+        );
+    }
+    let summary = |f: &[Figures]| {
+        (
+            median(f.iter().map(|x| x.per_second).collect()),
+            median_u(f.iter().map(|x| x.p50_us).collect()),
+            median_u(f.iter().map(|x| x.p99_us).collect()),
+        )
+    };
+    let (dt, d50, d99) = summary(&d);
+    let (rt, r50, r99) = summary(&r);
+    println!(
+        "\nsubmit, rate limited (median of {} runs; throughput at {} in flight, latency at {} in flight)",
+        args.runs.max(1),
+        args.concurrency,
+        args.latency_concurrency
+    );
+    println!(
+        "{:<14} {:>12} {:>10} {:>10}",
+        "path", "req/s", "p50 µs", "p99 µs"
+    );
+    println!("{:<14} {:>12.0} {:>10} {:>10}", "direct gRPC", dt, d50, d99);
+    println!(
+        "{:<14} {:>12.0} {:>10} {:>10}",
+        "REST gateway", rt, r50, r99
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let added = (r99 as f64 - d99 as f64) / 1000.0;
+    println!(
+        "gateway throughput {:.0}% of direct (target ≥ 70%); added p99 {added:.2} ms (target ≤ 1 ms)",
+        if dt > 0.0 { rt / dt * 100.0 } else { 0.0 },
+    );
+    stack.stop.cancel();
+    Ok(())
+}

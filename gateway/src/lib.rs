@@ -1,0 +1,290 @@
+//! REST gateway: the original REDLINE `/tasks` JSON API served over TaskService, rate limited through
+//! RateLimitService.
+//!
+//! # Layout
+//! - [`config`]: flags and environment, validated together.
+//! - [`routes`]: the route table and handlers (JSON ↔ TaskService).
+//! - [`http_rules`]: the protos' `google.api.http` rules, which the route table must match.
+//! - [`error`]: the gRPC-code → HTTP table and the JSON error body.
+//! - [`ratelimit`]: per-route, per-client limits checked with RateLimitService, and the failure mode.
+//! - [`auth`]: optional API keys.
+//! - [`openapi`]: the document served at `/openapi.json`.
+//! - [`bench`]: REST against direct gRPC submit throughput.
+
+pub mod auth;
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod http_rules;
+pub mod json;
+pub mod openapi;
+pub mod ratelimit;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
+use redline_proto::tasks::task_service_client::TaskServiceClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
+
+pub use config::{Args, Config};
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// TaskService client.
+    pub tasks: TaskServiceClient<Channel>,
+    /// TaskService's health client.
+    pub health: HealthClient<Channel>,
+    /// Rate limiter.
+    pub limiter: Arc<ratelimit::RateLimiter>,
+}
+
+/// A lazily connected channel: the gateway starts (and answers 503) while a backend is still away.
+fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+impl AppState {
+    /// Builds clients for the configured backends (no connection is made yet).
+    pub fn new(config: Config) -> Result<Self, tonic::transport::Error> {
+        let tasks_channel = channel(&config.tasks_url)?;
+        let rls = match &config.ratelimit_url {
+            Some(u) => Some(RateLimitServiceClient::new(channel(u)?)),
+            None => None,
+        };
+        let limiter = Arc::new(ratelimit::RateLimiter::new(rls, &config));
+        Ok(Self {
+            config: Arc::new(config),
+            tasks: TaskServiceClient::new(tasks_channel.clone()),
+            health: HealthClient::new(tasks_channel),
+            limiter,
+        })
+    }
+}
+
+tokio::task_local! {
+    /// W3C `traceparent` of the request being served, forwarded on TaskService calls.
+    pub static TRACEPARENT: String;
+}
+
+/// Logs one line per request with its trace id, taken from `traceparent` when the caller sent one, and echoes
+/// the id in `X-Trace-Id`.
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let trace_id = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(|| format!("{:032x}", rand::random::<u128>()), str::to_owned);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    // The gateway's own span id under the caller's (or a new) trace, handed to TaskService, which stores it
+    // with the task.
+    // Thread-local generator: no system call per request, unlike a v4 UUID.
+    let span_id = rand::random::<u64>();
+    let traceparent = format!("00-{trace_id}-{span_id:016x}-01");
+    let mut response = TRACEPARENT.scope(traceparent, next.run(request)).await;
+    tracing::info!(
+        trace_id = %trace_id,
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    if let Ok(v) = HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert("x-trace-id", v);
+    }
+    response
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
+}
+
+/// The HTTP application. Tests drive it with `app(state).oneshot(request)`.
+pub fn app(state: AppState) -> Router {
+    let mut tasks = Router::new();
+    for r in routes::ROUTES {
+        if let Some(h) = routes::handler(r) {
+            tasks = tasks.route(r.path, h);
+        }
+    }
+    // Layers added later run first: authentication, then rate limiting, then the handler.
+    let tasks = tasks
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::middleware,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ));
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/openapi.json", get(openapi_json))
+        .merge(tasks)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+async fn method_not_allowed(State(_): State<AppState>) -> Response {
+    use axum::response::IntoResponse;
+    error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        tonic::Code::Unimplemented,
+        "Method not allowed",
+    )
+    .into_response()
+}
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A backend URL was rejected.
+    #[error("client: {0}")]
+    Client(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    use axum::serve::ListenerExt;
+    let grace = config.shutdown_grace;
+    tracing::info!(
+        listen = ?listener.local_addr().ok(),
+        tasks = %config.tasks_url,
+        ratelimit = ?config.ratelimit_url,
+        api_keys = config.api_keys.len(),
+        "gateway starting"
+    );
+    let state = AppState::new(config)?;
+    // Small JSON responses: without TCP_NODELAY, Nagle's algorithm delays them behind delayed ACKs.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = std::pin::pin!(server.into_future());
+    let result = tokio::select! {
+        r = server => r,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown grace elapsed; dropping remaining connections");
+            Ok(())
+        }
+    };
+    tracing::info!("gateway stopped");
+    result.map_err(RunError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request as HttpRequest, StatusCode};
+    use http_body_util::BodyExt;
+    use std::collections::HashMap;
+    use tower::ServiceExt;
+
+    /// An app whose backends are never reached: routing and body checks happen before any call.
+    fn offline_app() -> Router {
+        let config = Config::from_args(
+            Args {
+                tasks_url: Some("http://127.0.0.1:9".into()),
+                ratelimit_url: Some("none".into()),
+                ..Args::default()
+            },
+            &HashMap::<String, String>::new(),
+        );
+        let Ok(config) = config else { panic!("config") };
+        let Ok(state) = AppState::new(config) else {
+            panic!("state")
+        };
+        app(state)
+    }
+
+    async fn call(
+        method: &str,
+        uri: &str,
+        ct: Option<&str>,
+        body: &'static str,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = HttpRequest::builder().method(method).uri(uri);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let Ok(req) = req.body(Body::from(body)) else {
+            panic!("request")
+        };
+        let Ok(resp) = offline_app().oneshot(req).await;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_json() {
+        let (status, body) = call("GET", "/nowhere", None, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], 5);
+        let (status, body) = call("DELETE", "/tasks/submit", None, "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body["error"].is_string());
+    }
+
+    #[tokio::test]
+    async fn bodies_are_checked_before_any_call() {
+        let (status, _) = call("POST", "/tasks/submit", Some("text/plain"), "x").await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (status, body) = call("POST", "/tasks/convert", Some("application/json"), "{}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "input_file is required");
+        let (status, _) = call("GET", "/healthz", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn dead_task_service_is_503() {
+        let (status, body) = call("GET", "/tasks/status/x", None, "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["code"], 14);
+    }
+}

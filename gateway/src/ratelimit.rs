@@ -1,0 +1,466 @@
+//! Rate limiting of the /tasks routes through RateLimitService, with the gateway's own limits sent in every
+//! `Check`, and the configured failure mode when the service cannot be reached.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use redline_proto::redline::ratelimit::v1 as pb;
+use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
+use redline_ratelimit::limits::LimitDef;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use crate::AppState;
+use crate::config::{Config, FailureMode};
+use crate::error::ApiError;
+
+/// One limit's state after a decision.
+#[derive(Debug, Clone)]
+pub struct LimitView {
+    /// Flask-Limiter's rendering, such as `50 per 1 hour`.
+    pub text: String,
+    /// Requests per window.
+    pub limit: u64,
+    /// Requests left in the window.
+    pub remaining: u64,
+    /// Time until the window resets.
+    pub reset_after: Duration,
+    /// Window length.
+    pub window: Duration,
+    /// This limit refused the request.
+    pub refused: bool,
+}
+
+/// A rate-limit decision.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The request may proceed.
+    pub allowed: bool,
+    /// Every limit applied.
+    pub limits: Vec<LimitView>,
+    /// When a refused request would be allowed.
+    pub retry_after: Duration,
+}
+
+/// Flask-Limiter's `str(limit)`: `50 per 1 hour`.
+pub fn limit_text(limit: u64, window_ms: u64) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1_000, "second"),
+        (1, "millisecond"),
+    ];
+    for (size, unit) in UNITS {
+        if window_ms >= size && window_ms.is_multiple_of(size) {
+            return format!("{limit} per {} {unit}", window_ms / size);
+        }
+    }
+    format!("{limit} per {window_ms} millisecond")
+}
+
+/// The limiter shared by all requests.
+pub struct RateLimiter {
+    client: Option<RateLimitServiceClient<Channel>>,
+    timeout: Duration,
+    failure_mode: FailureMode,
+    /// Fixed windows kept in process while RateLimitService is away: key → (window start, count).
+    local: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn duration(d: Option<prost_types::Duration>) -> Duration {
+    d.map_or(Duration::ZERO, |d| {
+        Duration::try_from(d).unwrap_or(Duration::ZERO)
+    })
+}
+
+/// Keeps a key component free of the separator and of spaces, so `route|client` cannot be forged by a client
+/// whose API key contains `|`.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || "/._-:{}".contains(c) {
+            out.push(c);
+        } else {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+impl RateLimiter {
+    /// A limiter calling `client`; `None` disables rate limiting.
+    pub fn new(client: Option<RateLimitServiceClient<Channel>>, config: &Config) -> Self {
+        Self {
+            client,
+            timeout: config.ratelimit_timeout,
+            failure_mode: config.failure_mode,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decides one request of `client` on `route`. `Ok(None)`: no limiting applied (disabled or failed open).
+    /// `Err`: failed closed.
+    pub async fn check(
+        &self,
+        route: &str,
+        client: &str,
+        limits: &[LimitDef],
+    ) -> Result<Option<Decision>, ApiError> {
+        let Some(rls) = &self.client else {
+            return Ok(None);
+        };
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let key = format!("gateway|{}|{}", escape(route), escape(client));
+        let specs = limits
+            .iter()
+            .map(|l| pb::LimitSpec {
+                name: limit_text(l.limit, l.window_ms),
+                limit: l.limit,
+                window: prost_types::Duration::try_from(Duration::from_millis(l.window_ms)).ok(),
+                algorithm: pb::Algorithm::FixedWindow as i32,
+                // RateLimitService without its Redis answers UNAVAILABLE, so the gateway's own failure mode
+                // is the one policy for both outages (the service's and its Redis's).
+                failure_mode: pb::FailureMode::Error as i32,
+            })
+            .collect();
+        let message = pb::CheckRequest {
+            key: key.clone(),
+            limits: specs,
+            ..Default::default()
+        };
+        let rls = rls.clone();
+        let timeout = self.timeout;
+        let attempt = |message: pb::CheckRequest| {
+            let mut rls = rls.clone();
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(timeout);
+            async move { rls.check(request).await }
+        };
+        let decide = async {
+            match attempt(message.clone()).await {
+                // A connection broken by a restart of RateLimitService fails once; the channel reconnects.
+                Err(s) if s.code() == tonic::Code::Unavailable => attempt(message).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, decide).await {
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                Ok(Some(Decision {
+                    allowed: resp.allowed,
+                    retry_after: duration(resp.retry_after),
+                    limits: resp
+                        .limits
+                        .into_iter()
+                        .map(|l| LimitView {
+                            text: l.name,
+                            limit: l.limit,
+                            remaining: l.remaining,
+                            reset_after: duration(l.reset_after),
+                            window: duration(l.window),
+                            refused: l.refused,
+                        })
+                        .collect(),
+                }))
+            }
+            // A caller's mistake in the limits is a configuration error, not a reason to stop serving.
+            Ok(Err(status)) => {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "rate-limit check failed");
+                self.fallback(&key, limits).await
+            }
+            Err(_) => {
+                tracing::warn!("rate-limit check timed out");
+                self.fallback(&key, limits).await
+            }
+        }
+    }
+
+    async fn fallback(&self, key: &str, limits: &[LimitDef]) -> Result<Option<Decision>, ApiError> {
+        match self.failure_mode {
+            FailureMode::Open => Ok(None),
+            FailureMode::Closed => Err(ApiError::unavailable(
+                "Rate limiting not available; request refused",
+            )),
+            FailureMode::Local => Ok(Some(self.local_check(key, limits).await)),
+        }
+    }
+
+    async fn local_check(&self, key: &str, limits: &[LimitDef]) -> Decision {
+        let now = now_ms();
+        let mut map = self.local.lock().await;
+        // Bound memory: windows that ended are dropped when the map grows.
+        if map.len() > 100_000 {
+            map.retain(|_, (start, _)| now.saturating_sub(*start) < 86_400_000);
+        }
+        let mut views = Vec::with_capacity(limits.len());
+        let mut allowed = true;
+        let mut retry_after = Duration::ZERO;
+        let mut counters = Vec::with_capacity(limits.len());
+        for l in limits {
+            let k = format!("{key}|{}|{}", l.limit, l.window_ms);
+            let (start, count) = map.get(&k).copied().unwrap_or((now, 0));
+            let (start, count) = if now.saturating_sub(start) >= l.window_ms {
+                (now, 0)
+            } else {
+                (start, count)
+            };
+            let reset_after = Duration::from_millis((start + l.window_ms).saturating_sub(now));
+            let refused = count >= l.limit;
+            if refused {
+                allowed = false;
+                retry_after = retry_after.max(reset_after);
+            }
+            counters.push((k, start, count));
+            views.push(LimitView {
+                text: limit_text(l.limit, l.window_ms),
+                limit: l.limit,
+                remaining: l.limit.saturating_sub(count),
+                reset_after,
+                window: Duration::from_millis(l.window_ms),
+                refused,
+            });
+        }
+        // All or nothing, as RateLimitService: a refused request consumes no limit.
+        if allowed {
+            for ((k, start, count), view) in counters.into_iter().zip(views.iter_mut()) {
+                map.insert(k, (start, count + 1));
+                view.remaining = view.remaining.saturating_sub(1);
+            }
+        }
+        Decision {
+            allowed,
+            limits: views,
+            retry_after,
+        }
+    }
+}
+
+/// The client a request is counted for: its API key when it sent one, else its IP, taking `X-Forwarded-For`
+/// only from a trusted proxy.
+pub fn client_id(headers: &HeaderMap, peer: Option<SocketAddr>, trusted: &[IpAddr]) -> String {
+    if let Some(key) = crate::auth::presented_key(headers) {
+        return format!("key:{}", fingerprint(key));
+    }
+    let Some(peer) = peer else {
+        return "ip:unknown".to_owned();
+    };
+    let mut ip = peer.ip();
+    if trusted.contains(&ip)
+        && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+    {
+        // Walk from the nearest hop; the first address not of a trusted proxy is the client.
+        for hop in xff.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(h) if trusted.contains(&h) => ip = h,
+                Ok(h) => {
+                    ip = h;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    format!("ip:{ip}")
+}
+
+/// A stable, non-reversible name for an API key, so raw keys never reach Redis or the logs.
+fn fingerprint(key: &str) -> String {
+    // FNV-1a 64: stable across processes and releases, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn header_value(v: impl ToString) -> HeaderValue {
+    HeaderValue::from_str(&v.to_string()).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).try_into().unwrap_or(u64::MAX)
+}
+
+/// The headers of a decision: Flask-Limiter's `X-RateLimit-*` for the most restrictive limit, the IETF
+/// `RateLimit` / `RateLimit-Policy`, and `Retry-After` when refused.
+pub fn headers(decision: &Decision, reset_delta: bool) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    let current = decision
+        .limits
+        .iter()
+        .filter(|l| l.refused)
+        .max_by_key(|l| l.reset_after)
+        .or_else(|| decision.limits.iter().min_by_key(|l| l.remaining));
+    if let Some(l) = current {
+        let reset = ceil_secs(l.reset_after);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        out.push((
+            HeaderName::from_static("x-ratelimit-limit"),
+            header_value(l.limit),
+        ));
+        out.push((
+            HeaderName::from_static("x-ratelimit-remaining"),
+            header_value(l.remaining),
+        ));
+        out.push((
+            HeaderName::from_static("x-ratelimit-reset"),
+            header_value(if reset_delta { reset } else { now + reset }),
+        ));
+        out.push((
+            HeaderName::from_static("ratelimit"),
+            header_value(format!(
+                "\"{}\";r={};t={reset}",
+                policy_name(l),
+                l.remaining
+            )),
+        ));
+    }
+    let policy = decision
+        .limits
+        .iter()
+        .map(|l| {
+            format!(
+                "\"{}\";q={};w={}",
+                policy_name(l),
+                l.limit,
+                l.window.as_secs()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !policy.is_empty() {
+        out.push((
+            HeaderName::from_static("ratelimit-policy"),
+            header_value(policy),
+        ));
+    }
+    if !decision.allowed {
+        out.push((
+            header::RETRY_AFTER,
+            header_value(ceil_secs(decision.retry_after)),
+        ));
+    }
+    out
+}
+
+fn policy_name(l: &LimitView) -> String {
+    format!("{}-{}s", l.limit, l.window.as_secs())
+}
+
+/// Middleware on every /tasks route.
+pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(p) => format!("{} {}", request.method(), p.as_str()),
+        None => return next.run(request).await,
+    };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client = client_id(request.headers(), peer, &state.config.trusted_proxies);
+    let limits = state.config.limits_for(&route);
+    let decision = match state.limiter.check(&route, &client, limits).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return next.run(request).await,
+        Err(e) => return e.into_response(),
+    };
+    let hdrs = headers(&decision, state.config.reset_delta);
+    let mut response = if decision.allowed {
+        next.run(request).await
+    } else {
+        let refused = decision
+            .limits
+            .iter()
+            .filter(|l| l.refused)
+            .max_by_key(|l| l.reset_after)
+            .map_or_else(String::new, |l| l.text.clone());
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            tonic::Code::ResourceExhausted,
+            format!("Rate limit exceeded: {refused}"),
+        )
+        .with_field("retry_after", json!(ceil_secs(decision.retry_after)))
+        .into_response()
+    };
+    for (k, v) in hdrs {
+        response.headers_mut().insert(k, v);
+    }
+    response
+}
+
+/// A limiter shared by clones of the state.
+pub type SharedLimiter = Arc<RateLimiter>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flask_rendering() {
+        assert_eq!(limit_text(50, 3_600_000), "50 per 1 hour");
+        assert_eq!(limit_text(200, 86_400_000), "200 per 1 day");
+        assert_eq!(limit_text(5, 30_000), "5 per 30 second");
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, 10.0.0.2"),
+        );
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap_or_else(|_| unreachable!());
+        let trusted: Vec<IpAddr> = vec![
+            "10.0.0.1".parse().unwrap_or_else(|_| unreachable!()),
+            "10.0.0.2".parse().unwrap_or_else(|_| unreachable!()),
+        ];
+        assert_eq!(client_id(&h, Some(proxy), &trusted), "ip:1.2.3.4");
+        assert_eq!(client_id(&h, Some(proxy), &[]), "ip:10.0.0.1");
+    }
+
+    #[test]
+    fn escaping_keeps_components_apart() {
+        assert_eq!(escape("a|b c"), "a%7Cb%20c");
+    }
+
+    #[tokio::test]
+    async fn local_fallback_counts_and_refuses() {
+        let config = Config::from_args(
+            crate::config::Args {
+                default_limits: Some("2 per hour".into()),
+                ratelimit_url: Some("http://127.0.0.1:9".into()),
+                ..Default::default()
+            },
+            &HashMap::<String, String>::new(),
+        );
+        let Ok(config) = config else { panic!("config") };
+        let limiter = RateLimiter::new(None, &config);
+        let limits = config.default_limits.clone();
+        assert!(limiter.local_check("k", &limits).await.allowed);
+        assert!(limiter.local_check("k", &limits).await.allowed);
+        let third = limiter.local_check("k", &limits).await;
+        assert!(!third.allowed);
+        assert!(third.retry_after > Duration::from_secs(3500));
+    }
+}

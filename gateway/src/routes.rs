@@ -1,0 +1,761 @@
+//! The REST surface: the original REDLINE /tasks routes, translated into TaskService calls.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use redline_proto::tasks as pb;
+use serde_json::{Map, Value, json};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::json::{
+    from_proto, from_proto_list, from_proto_struct, number, timestamp, to_proto_list,
+    to_proto_struct,
+};
+
+/// One served route.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path template in the `google.api.http` syntax (which axum 0.8 shares).
+    pub path: &'static str,
+    /// The TaskService RPC behind it, when it is one RPC's `google.api.http` rule.
+    pub rpc: Option<&'static str>,
+    /// One line for the OpenAPI document.
+    pub summary: &'static str,
+}
+
+impl Route {
+    /// `"METHOD /path"`, the name used in per-route limits and rate-limit keys.
+    pub fn key(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    rpc: Option<&'static str>,
+    summary: &'static str,
+) -> Route {
+    Route {
+        method,
+        path,
+        rpc,
+        summary,
+    }
+}
+
+/// Every /tasks route, in the original's order.
+pub const ROUTES: &[Route] = &[
+    route(
+        "POST",
+        "/tasks/submit",
+        Some("SubmitTask"),
+        "Submit a task by name",
+    ),
+    route(
+        "POST",
+        "/tasks/convert",
+        None,
+        "Submit a data conversion task",
+    ),
+    route(
+        "POST",
+        "/tasks/download",
+        None,
+        "Submit a data download task",
+    ),
+    route(
+        "POST",
+        "/tasks/analyze",
+        None,
+        "Submit a data analysis task",
+    ),
+    route("POST", "/tasks/upload", None, "Submit a file upload task"),
+    route("POST", "/tasks/bulk", None, "Submit a bulk operations task"),
+    route(
+        "GET",
+        "/tasks/status/{task_id}",
+        Some("GetTask"),
+        "A task's record",
+    ),
+    route(
+        "GET",
+        "/tasks/result/{task_id}",
+        Some("GetTaskResult"),
+        "A task's result",
+    ),
+    route(
+        "POST",
+        "/tasks/cancel/{task_id}",
+        Some("CancelTask"),
+        "Cancel a task",
+    ),
+    route(
+        "GET",
+        "/tasks/list",
+        Some("ListTasks"),
+        "List tasks, newest first",
+    ),
+    route(
+        "GET",
+        "/tasks/queue/stats",
+        Some("GetQueueStats"),
+        "Task counts per state",
+    ),
+    route("GET", "/tasks/health", None, "Task processing health"),
+    route(
+        "POST",
+        "/tasks/cleanup",
+        Some("CleanupTasks"),
+        "Delete old finished tasks",
+    ),
+];
+
+/// The handler of a route in [`ROUTES`].
+pub fn handler(r: &Route) -> Option<MethodRouter<AppState>> {
+    Some(match (r.method, r.path) {
+        ("POST", "/tasks/submit") => post(submit),
+        ("POST", "/tasks/convert") => post(convert),
+        ("POST", "/tasks/download") => post(download),
+        ("POST", "/tasks/analyze") => post(analyze),
+        ("POST", "/tasks/upload") => post(upload),
+        ("POST", "/tasks/bulk") => post(bulk),
+        ("GET", "/tasks/status/{task_id}") => get(status),
+        ("GET", "/tasks/result/{task_id}") => get(result),
+        ("POST", "/tasks/cancel/{task_id}") => post(cancel),
+        ("GET", "/tasks/list") => get(list),
+        ("GET", "/tasks/queue/stats") => get(queue_stats),
+        ("GET", "/tasks/health") => get(tasks_health),
+        ("POST", "/tasks/cleanup") => post(cleanup),
+        _ => return None,
+    })
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+// === request bodies ===
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Reads a JSON object body. An empty body without a content type is `{}` (the optional-body routes); any
+/// other content type is 415; bytes that are not a JSON object are 400; more than the limit is 413.
+async fn json_object(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = axum::body::to_bytes(body, state.config.max_body)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                tonic::Code::InvalidArgument,
+                format!(
+                    "Request body is larger than {} bytes",
+                    state.config.max_body
+                ),
+            )
+        })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or(""));
+    match content_type {
+        Some(ct) if !is_json(ct) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                tonic::Code::InvalidArgument,
+                "Content-Type must be application/json",
+            ));
+        }
+        None if !bytes.is_empty() => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                tonic::Code::InvalidArgument,
+                "Content-Type must be application/json",
+            ));
+        }
+        _ => {}
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(ApiError::bad_request("Request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "Request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// Python truthiness of a required field: missing, null, "", [], {}, 0 and false all count as missing, as the
+/// original's `if not data.get(field)`.
+fn present(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+    }
+}
+
+fn require(body: &Map<String, Value>, fields: &[&str]) -> Result<(), ApiError> {
+    for f in fields {
+        if !present(body.get(*f)) {
+            return Err(ApiError::bad_request(format!("{f} is required")));
+        }
+    }
+    Ok(())
+}
+
+fn priority(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
+    match body.get("priority") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|p| *p <= 9)
+            .and_then(|p| u32::try_from(p).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("priority must be an integer from 0 to 9")),
+    }
+}
+
+fn options(body: &Map<String, Value>, name: &str) -> Result<Value, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(json!({})),
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(_) => Err(ApiError::bad_request(format!("{name} must be an object"))),
+    }
+}
+
+// === TaskService calls ===
+
+fn call<T>(state: &AppState, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(state.config.grpc_timeout);
+    if let Ok(Ok(v)) = crate::TRACEPARENT.try_with(|t| t.parse()) {
+        r.metadata_mut().insert("traceparent", v);
+    }
+    r
+}
+
+async fn submit_task(
+    state: &AppState,
+    task_name: &str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    queue: String,
+    priority: Option<u32>,
+    message: String,
+) -> ApiResult {
+    let mut tasks = state.tasks.clone();
+    let resp = tasks
+        .submit_task(call(
+            state,
+            pb::SubmitTaskRequest {
+                task_name: task_name.to_owned(),
+                args: Some(to_proto_list(&args)),
+                kwargs: Some(to_proto_struct(&kwargs)),
+                queue,
+                priority,
+                ..Default::default()
+            },
+        ))
+        .await
+        .map_err(|s| ApiError::from_grpc(&s))?
+        .into_inner();
+    Ok(
+        Json(json!({"task_id": resp.task_id, "status": "submitted", "message": message}))
+            .into_response(),
+    )
+}
+
+fn kwargs_of(pairs: Vec<(&str, Value)>) -> Map<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+fn field(body: &Map<String, Value>, name: &str) -> Value {
+    body.get(name).cloned().unwrap_or(Value::Null)
+}
+
+// === handlers ===
+
+async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let body = json_object(&state, &headers, body).await?;
+    let task_name = match body.get("task_name") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(v) if present(Some(v)) => {
+            return Err(ApiError::bad_request("task_name must be a string"));
+        }
+        _ => return Err(ApiError::bad_request("task_name is required")),
+    };
+    let args = match body.get("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(ApiError::bad_request("args must be a list")),
+    };
+    let kwargs = match body.get("kwargs") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(o)) => o.clone(),
+        Some(_) => return Err(ApiError::bad_request("kwargs must be an object")),
+    };
+    let queue = match body.get("queue") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ApiError::bad_request("queue must be a string")),
+    };
+    let priority = priority(&body)?;
+    let message = format!("Task {task_name} submitted successfully");
+    submit_task(&state, &task_name, args, kwargs, queue, priority, message).await
+}
+
+async fn convert(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let body = json_object(&state, &headers, body).await?;
+    require(&body, &["input_file", "output_format", "output_file"])?;
+    let kwargs = kwargs_of(vec![
+        ("input_file", field(&body, "input_file")),
+        ("output_format", field(&body, "output_format")),
+        ("output_file", field(&body, "output_file")),
+        ("options", options(&body, "options")?),
+    ]);
+    let p = priority(&body)?;
+    submit_task(
+        &state,
+        "process_data_conversion",
+        Vec::new(),
+        kwargs,
+        String::new(),
+        p,
+        "Data conversion task submitted successfully".to_owned(),
+    )
+    .await
+}
+
+async fn download(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let body = json_object(&state, &headers, body).await?;
+    require(&body, &["ticker", "start_date", "end_date"])?;
+    let source = match body.get("source") {
+        None | Some(Value::Null) => json!("yahoo"),
+        Some(v) => v.clone(),
+    };
+    let kwargs = kwargs_of(vec![
+        ("ticker", field(&body, "ticker")),
+        ("start_date", field(&body, "start_date")),
+        ("end_date", field(&body, "end_date")),
+        ("source", source),
+        ("options", options(&body, "options")?),
+    ]);
+    let p = priority(&body)?;
+    submit_task(
+        &state,
+        "process_data_download",
+        Vec::new(),
+        kwargs,
+        String::new(),
+        p,
+        "Data download task submitted successfully".to_owned(),
+    )
+    .await
+}
+
+async fn analyze(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let body = json_object(&state, &headers, body).await?;
+    require(&body, &["data_file", "analysis_type"])?;
+    // The original forwarded `parameters`, which the task does not accept; `options` is the task's argument,
+    // and `parameters` is still honoured as its old name.
+    let opts = if body.contains_key("options") {
+        options(&body, "options")?
+    } else {
+        options(&body, "parameters")?
+    };
+    let kwargs = kwargs_of(vec![
+        ("data_file", field(&body, "data_file")),
+        ("analysis_type", field(&body, "analysis_type")),
+        ("options", opts),
+    ]);
+    let p = priority(&body)?;
+    submit_task(
+        &state,
+        "process_data_analysis",
+        Vec::new(),
+        kwargs,
+        String::new(),
+        p,
+        "Data analysis task submitted successfully".to_owned(),
+    )
+    .await
+}
+
+async fn upload(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let body = json_object(&state, &headers, body).await?;
+    require(&body, &["file_path"])?;
+    let mut kwargs = kwargs_of(vec![
+        ("file_path", field(&body, "file_path")),
+        ("options", options(&body, "options")?),
+    ]);
+    // Optional: absent means "keep the format", which the task's schema expresses by omission, not null.
+    if let Some(t) = body.get("target_format").filter(|t| !t.is_null()) {
+        kwargs.insert("target_format".into(), t.clone());
+    }
+    let p = priority(&body)?;
+    submit_task(
+        &state,
+        "process_file_upload",
+        Vec::new(),
+        kwargs,
+        String::new(),
+        p,
+        "File upload task submitted successfully".to_owned(),
+    )
+    .await
+}
+
+async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let body = json_object(&state, &headers, body).await?;
+    let operations = match body.get("operations") {
+        None | Some(Value::Null) => return Err(ApiError::bad_request("operations is required")),
+        Some(Value::Array(a)) if !a.is_empty() => a.clone(),
+        Some(_) => return Err(ApiError::bad_request("operations must be a non-empty list")),
+    };
+    let n = operations.len();
+    let kwargs = kwargs_of(vec![
+        ("operations", Value::Array(operations)),
+        ("options", options(&body, "options")?),
+    ]);
+    let p = priority(&body)?;
+    submit_task(
+        &state,
+        "process_bulk_operations",
+        Vec::new(),
+        kwargs,
+        String::new(),
+        p,
+        format!("Bulk operations task submitted successfully ({n} operations)"),
+    )
+    .await
+}
+
+/// `TASK_STATE_QUEUED` → `queued`.
+fn state_name(state: i32) -> String {
+    pb::TaskState::try_from(state)
+        .map_or("unspecified", |s| s.as_str_name())
+        .trim_start_matches("TASK_STATE_")
+        .to_ascii_lowercase()
+}
+
+/// The original task record, plus `state` (the finer lifecycle state) and `started_at`.
+pub fn task_json(t: &pb::Task) -> Value {
+    let mut m = Map::new();
+    m.insert("task_id".into(), json!(t.task_id));
+    m.insert("task_name".into(), json!(t.task_name));
+    m.insert(
+        "args".into(),
+        t.args.as_ref().map_or(json!([]), from_proto_list),
+    );
+    m.insert(
+        "kwargs".into(),
+        t.kwargs.as_ref().map_or(json!({}), from_proto_struct),
+    );
+    m.insert("status".into(), json!(t.status));
+    m.insert("state".into(), json!(state_name(t.state)));
+    m.insert("queue".into(), json!(t.queue));
+    m.insert("priority".into(), json!(t.priority));
+    if let Some(ts) = &t.submitted_at {
+        m.insert("submitted_at".into(), timestamp(ts));
+    }
+    if let Some(ts) = &t.started_at {
+        m.insert("started_at".into(), timestamp(ts));
+    }
+    if let Some(ts) = &t.completed_at {
+        m.insert("completed_at".into(), timestamp(ts));
+    }
+    if let Some(p) = &t.progress {
+        let mut meta = match p.details.as_ref().map(from_proto_struct) {
+            Some(Value::Object(o)) => o,
+            _ => Map::new(),
+        };
+        meta.insert("step".into(), json!(p.step));
+        meta.insert("progress".into(), number(p.progress));
+        m.insert("progress".into(), Value::Object(meta));
+    }
+    if let Some(r) = &t.result {
+        m.insert("result".into(), from_proto(r));
+    }
+    if !t.error.is_empty() {
+        m.insert("error".into(), json!(t.error));
+    }
+    Value::Object(m)
+}
+
+async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult {
+    let mut tasks = state.tasks.clone();
+    let resp = tasks
+        .get_task(call(&state, pb::GetTaskRequest { task_id }))
+        .await
+        .map_err(|s| ApiError::from_grpc(&s))?
+        .into_inner();
+    let task = resp.task.ok_or_else(ApiError::task_not_found)?;
+    Ok(Json(task_json(&task)).into_response())
+}
+
+/// `{"result": ...}` as the original; a failed or cancelled task adds `status` and `error` beside a null
+/// result instead of the original's 500.
+async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult {
+    let mut tasks = state.tasks.clone();
+    let r = tasks
+        .get_task_result(call(&state, pb::GetTaskResultRequest { task_id }))
+        .await
+        .map_err(|s| ApiError::from_grpc(&s))?
+        .into_inner();
+    let failed = matches!(
+        pb::TaskState::try_from(r.state),
+        Ok(pb::TaskState::Failed | pb::TaskState::Cancelled)
+    );
+    if failed {
+        return Ok(
+            Json(json!({"result": null, "status": r.status, "error": r.error})).into_response(),
+        );
+    }
+    let value = if r.ready && r.status == "SUCCESS" {
+        r.result.as_ref().map_or(Value::Null, from_proto)
+    } else {
+        Value::Null
+    };
+    Ok(Json(json!({ "result": value })).into_response())
+}
+
+async fn cancel(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult {
+    let mut tasks = state.tasks.clone();
+    tasks
+        .cancel_task(call(
+            &state,
+            pb::CancelTaskRequest {
+                task_id: task_id.clone(),
+            },
+        ))
+        .await
+        .map_err(|s| ApiError::from_grpc(&s))?;
+    Ok(Json(json!({"message": format!("Task {task_id} cancelled successfully")})).into_response())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request(format!("Invalid query string: {e}")))?;
+    let limit = match query.get("limit").map(|l| l.trim()) {
+        None | Some("") => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 1000"))?,
+    };
+    let filter = query.get("status").filter(|s| !s.is_empty()).cloned();
+    let mut tasks = state.tasks.clone();
+    let r = tasks
+        .list_tasks(call(
+            &state,
+            pb::ListTasksRequest {
+                status: filter.clone().unwrap_or_default(),
+                limit,
+                ..Default::default()
+            },
+        ))
+        .await
+        .map_err(|s| ApiError::from_grpc(&s))?
+        .into_inner();
+    let items: Vec<Value> = r.tasks.iter().map(task_json).collect();
+    Ok(Json(json!({"tasks": items, "total": items.len(), "filter": filter})).into_response())
+}
+
+fn worker_stats(workers: &[pb::Worker]) -> Value {
+    let m: Map<String, Value> = workers
+        .iter()
+        .map(|w| {
+            let mut v = json!({
+                "hostname": w.hostname,
+                "queues": w.queues,
+                "concurrency": w.concurrency,
+                "active": w.active_task_ids.len(),
+                "processed": w.processed,
+                "failed": w.failed,
+                "pid": w.pid,
+                "version": w.version,
+            });
+            if let (Some(ts), Value::Object(o)) = (&w.last_heartbeat, &mut v) {
+                o.insert("last_heartbeat".into(), timestamp(ts));
+            }
+            (w.worker_id.clone(), v)
+        })
+        .collect();
+    Value::Object(m)
+}
+
+/// Counts of tasks (not of replying workers, as the original).
+fn stats_json(s: &pb::GetQueueStatsResponse, workers: &[pb::Worker]) -> Value {
+    json!({
+        "active_tasks": s.active_tasks,
+        "scheduled_tasks": s.scheduled_tasks,
+        "reserved_tasks": s.reserved_tasks,
+        "registered_tasks": s.registered_tasks,
+        "worker_stats": worker_stats(workers),
+    })
+}
+
+async fn stats_and_workers(
+    state: &AppState,
+) -> Result<(pb::GetQueueStatsResponse, Vec<pb::Worker>), tonic::Status> {
+    let mut a = state.tasks.clone();
+    let mut b = state.tasks.clone();
+    let (s, w) = tokio::join!(
+        a.get_queue_stats(call(state, pb::GetQueueStatsRequest {})),
+        b.list_workers(call(state, pb::ListWorkersRequest {})),
+    );
+    Ok((s?.into_inner(), w?.into_inner().workers))
+}
+
+async fn queue_stats(State(state): State<AppState>) -> ApiResult {
+    let (s, w) = stats_and_workers(&state)
+        .await
+        .map_err(|s| ApiError::from_grpc(&s))?;
+    Ok(Json(stats_json(&s, &w)).into_response())
+}
+
+/// TaskService's readiness (which follows its Redis). `Err` when TaskService cannot be reached.
+pub async fn tasks_ready(state: &AppState) -> Result<bool, tonic::Status> {
+    let mut h = state.health.clone();
+    let r = h
+        .check(call(
+            state,
+            HealthCheckRequest {
+                service: "readiness".into(),
+            },
+        ))
+        .await?;
+    Ok(r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// The original's health shape with real content: healthy only when TaskService reaches Redis and at least
+/// one worker is alive; 503 otherwise, so probes and load balancers can act on it.
+async fn tasks_health(State(state): State<AppState>) -> Response {
+    let (ready, stats) = tokio::join!(tasks_ready(&state), stats_and_workers(&state));
+    let available = ready.is_ok();
+    // Readiness is probed periodically; a failing stats call shows an outage that began since.
+    let connected = matches!(ready, Ok(true)) && stats.is_ok();
+    let mut body = Map::new();
+    body.insert("celery_available".into(), json!(available));
+    body.insert("celery_connected".into(), json!(connected));
+    let mut error = None;
+    let mut workers = 0;
+    match &stats {
+        Ok((s, w)) => {
+            workers = w.len();
+            body.insert("queue_stats".into(), stats_json(s, w));
+            let size: u64 = s
+                .queues
+                .iter()
+                .map(|q| q.queued + q.scheduled + q.running + q.succeeded + q.failed + q.cancelled)
+                .sum();
+            body.insert("registry_size".into(), json!(size));
+        }
+        Err(e) => {
+            body.insert("queue_stats".into(), json!({}));
+            body.insert("registry_size".into(), json!(0));
+            error = Some(e.message().to_owned());
+        }
+    }
+    body.insert("workers".into(), json!(workers));
+    let healthy = connected && workers > 0;
+    if !healthy && error.is_none() {
+        error = Some(if !available {
+            "Task service not reachable".to_owned()
+        } else if !connected {
+            "Redis not reachable".to_owned()
+        } else {
+            "No worker alive".to_owned()
+        });
+    }
+    if let Some(e) = error {
+        body.insert("error".into(), json!(e));
+    }
+    body.insert(
+        "status".into(),
+        json!(if healthy { "healthy" } else { "unhealthy" }),
+    );
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(Value::Object(body))).into_response()
+}
+
+async fn cleanup(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let body = json_object(&state, &headers, body).await?;
+    let days = match body.get("days") {
+        None | Some(Value::Null) => 7,
+        Some(v) => v
+            .as_u64()
+            .and_then(|d| u32::try_from(d).ok())
+            .ok_or_else(|| ApiError::bad_request("days must be a non-negative integer"))?,
+    };
+    let mut tasks = state.tasks.clone();
+    tasks
+        .cleanup_tasks(call(&state, pb::CleanupTasksRequest { days: Some(days) }))
+        .await
+        .map_err(|s| ApiError::from_grpc(&s))?;
+    Ok(
+        Json(json!({"message": format!("Cleaned up tasks older than {days} days")}))
+            .into_response(),
+    )
+}
+
+/// `/healthz`: the process is alive.
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `/readyz`: TaskService answers and is ready.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match tasks_ready(&state).await {
+        Ok(true) => Json(json!({"status": "ready"})).into_response(),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "error": "Task service not ready"})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "error": e.message()})),
+        )
+            .into_response(),
+    }
+}
+
+/// Any other path.
+pub async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, tonic::Code::NotFound, "Not found").into_response()
+}
