@@ -37,6 +37,8 @@ pub enum Bench {
     Ratelimit(redline_ratelimit::bench::BenchArgs),
     /// CSV → Parquet (and other conversions) against pyarrow and polars on a generated 5M-row file.
     Convert(redline_convert::bench::BenchArgs),
+    /// REST POST /tasks/submit through the gateway against direct gRPC, both rate-limited.
+    Gateway(redline_gateway::bench::BenchArgs),
 }
 
 /// Sizes of the task benchmark.
@@ -67,6 +69,7 @@ pub async fn run(what: Bench) -> anyhow::Result<()> {
     match what {
         Bench::Tasks(args) => tasks(args).await,
         Bench::Ratelimit(args) => redline_ratelimit::bench::run(args).await,
+        Bench::Gateway(args) => redline_gateway::bench::run(args).await,
         Bench::Convert(args) => {
             tokio::task::spawn_blocking(move || redline_convert::bench::run(args))
                 .await

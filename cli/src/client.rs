@@ -13,10 +13,9 @@ use tonic::transport::Channel;
 /// Where TaskService is.
 #[derive(Debug, Clone, Args)]
 pub struct Endpoint {
-    /// TaskService URL.
+    /// TaskService URL (give it before the subcommand, or set REDLINE_TASKS_URL).
     #[arg(
         long,
-        global = true,
         env = "REDLINE_TASKS_URL",
         default_value = "http://127.0.0.1:50051"
     )]

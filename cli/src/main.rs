@@ -97,6 +97,8 @@ enum Service {
     Worker(redline_worker::config::Args),
     /// RateLimitService (same flags as redline-ratelimit).
     Ratelimit(redline_ratelimit::Config),
+    /// The REST gateway (same flags as redline-gateway).
+    Gateway(redline_gateway::config::Args),
 }
 
 #[tokio::main]
@@ -180,6 +182,12 @@ async fn serve(service: Service) -> Result<(), Failure> {
             }
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             redline_ratelimit::run(config, listener, shutdown).await?;
+        }
+        Service::Gateway(args) => {
+            let config =
+                redline_gateway::Config::from_args(args, &ProcessEnv).map_err(Failure::Usage)?;
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            redline_gateway::run(config, listener, shutdown).await?;
         }
     }
     Ok(())

@@ -26,6 +26,9 @@ pub struct UpArgs {
     /// RateLimitService address.
     #[arg(long, default_value = "127.0.0.1:50052")]
     pub ratelimit_listen: String,
+    /// REST gateway address (REDLINE's /tasks API).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway_listen: String,
     /// Worker processes to start.
     #[arg(long, default_value_t = 2)]
     pub workers: u16,
@@ -95,6 +98,22 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
             &rules,
         ],
     )?);
+    let tasks_url = format!("http://{}", args.tasks_listen);
+    let ratelimit_url = format!("http://{}", args.ratelimit_listen);
+    procs.push(spawn(
+        &exe,
+        "gateway",
+        &[
+            "serve",
+            "gateway",
+            "--listen",
+            &args.gateway_listen,
+            "--tasks-url",
+            &tasks_url,
+            "--ratelimit-url",
+            &ratelimit_url,
+        ],
+    )?);
     for i in 0..args.workers {
         let id = format!("{}-up-{i}", redline_worker::worker::hostname());
         procs.push(spawn(
@@ -121,11 +140,19 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         args.ratelimit_listen
     );
     println!(
+        "REST:         http://{}/tasks  (REDLINE's API, rate-limited; /healthz, /readyz, /openapi.json)",
+        args.gateway_listen
+    );
+    println!(
         "workers:      {} x concurrency {} on queue redline_tasks",
         args.workers, args.concurrency
     );
     println!();
     println!("try:  redline submit redline.echo --kwargs '{{\"hello\": \"world\"}}' --wait");
+    println!(
+        "      curl -X POST http://{}/tasks/submit -H 'Content-Type: application/json' -d '{{\"task_name\": \"redline.noop\"}}'",
+        args.gateway_listen
+    );
     println!("stop: Ctrl-C");
 
     let exited = tokio::select! {
