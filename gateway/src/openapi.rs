@@ -22,7 +22,7 @@ fn request_schema(path: &str) -> Option<Value> {
         "/tasks/download" => (
             vec!["ticker", "start_date", "end_date"],
             json!({"ticker": string, "start_date": string, "end_date": string,
-                   "source": {"type": "string", "default": "yahoo"}, "options": options, "priority": priority}),
+                   "source": {"type": "string", "default": "stooq"}, "options": options, "priority": priority}),
         ),
         "/tasks/analyze" => (
             vec!["data_file", "analysis_type"],

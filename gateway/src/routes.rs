@@ -355,8 +355,10 @@ async fn convert(State(state): State<AppState>, headers: HeaderMap, body: Body) 
 async fn download(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
     let body = json_object(&state, &headers, body).await?;
     require(&body, &["ticker", "start_date", "end_date"])?;
+    // The original defaulted to Yahoo; the suite downloads from its Stooq-style endpoint, so an omitted source
+    // means that one (an explicit other source is passed through and refused by the worker if unconfigured).
     let source = match body.get("source") {
-        None | Some(Value::Null) => json!("yahoo"),
+        None | Some(Value::Null) => json!("stooq"),
         Some(v) => v.clone(),
     };
     let kwargs = kwargs_of(vec![
