@@ -96,10 +96,14 @@ async fn start_stack() -> anyhow::Result<Stack> {
     ));
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let rls = l.local_addr()?;
+    // Every process of the suite shares this process's cores here; a generous decision budget keeps a
+    // scheduling hiccup from turning into an UNAVAILABLE that would abort the measurement.
     let rls_config = <redline_ratelimit::Config as clap::Parser>::try_parse_from([
         "redline-ratelimit",
         "--redis-url",
         &redis.url(),
+        "--timeout-ms",
+        "250",
     ])?;
     tokio::spawn(redline_ratelimit::run(rls_config, l, stop.clone()));
     let gw_config = crate::Config::from_args(
