@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser};
 use redline_ratelimit::limits::{LimitDef, parse_flask_limits};
-use redline_runtime::{ConfigErrors, Env, parse_duration};
+use redline_runtime::{ConfigErrors, Env};
 
 use crate::routes::ROUTES;
 
@@ -215,20 +215,8 @@ impl Config {
             }
         }
         api_keys.retain(|k| !k.is_empty() && !k.starts_with('#'));
-        let mut duration = |name: &str, raw: Option<String>, default: Duration| match raw
-            .as_deref()
-            .map(parse_duration)
-        {
-            None => default,
-            Some(Ok(d)) if !d.is_zero() => d,
-            Some(Ok(_)) => {
-                errors.push(format!("--{name}: must be positive"));
-                default
-            }
-            Some(Err(e)) => {
-                errors.push(format!("--{name}: {e}"));
-                default
-            }
+        let mut duration = |name: &str, raw: Option<String>, default: Duration| {
+            errors.duration(name, raw.as_deref(), default, true)
         };
         let grpc_timeout = duration(
             "grpc-timeout",

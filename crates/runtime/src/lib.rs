@@ -215,6 +215,29 @@ impl ConfigErrors {
         self.0.push(problem.into());
     }
 
+    /// Parses the duration flag `--name` (`raw`, or `default` when absent); a malformed value, or zero when
+    /// `positive`, is recorded as a problem and `default` returned so validation can go on.
+    pub fn duration(
+        &mut self,
+        name: &str,
+        raw: Option<&str>,
+        default: std::time::Duration,
+        positive: bool,
+    ) -> std::time::Duration {
+        match raw.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if positive && d.is_zero() => {
+                self.push(format!("--{name}: must be positive"));
+                default
+            }
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(format!("--{name}: {e}"));
+                default
+            }
+        }
+    }
+
     /// `Ok(value)` when there were no problems.
     pub fn finish<T>(self, value: T) -> Result<T, Self> {
         if self.0.is_empty() {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use redline_runtime::{ConfigErrors, Env, parse_duration, resolve_redis_url};
+use redline_runtime::{ConfigErrors, Env, resolve_redis_url};
 
 /// Command-line flags of `redline-tasks`.
 #[derive(Debug, Clone, Parser, Default)]
@@ -83,20 +83,8 @@ impl Config {
                 1 << 20
             }
         };
-        let mut duration = |name: &str, raw: Option<String>, default: Duration| match raw
-            .as_deref()
-            .map(parse_duration)
-        {
-            None => default,
-            Some(Ok(d)) if !d.is_zero() => d,
-            Some(Ok(_)) => {
-                errors.push(format!("--{name}: must be positive"));
-                default
-            }
-            Some(Err(e)) => {
-                errors.push(format!("--{name}: {e}"));
-                default
-            }
+        let mut duration = |name: &str, raw: Option<String>, default: Duration| {
+            errors.duration(name, raw.as_deref(), default, true)
         };
         let result_ttl = duration("result-ttl", args.result_ttl, Duration::from_secs(86_400));
         let idempotency_ttl = duration(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use redline_runtime::{ConfigErrors, Env, parse_duration, resolve_redis_url};
+use redline_runtime::{ConfigErrors, Env, resolve_redis_url};
 
 /// Command-line flags of `redline-worker`. Every flag has an environment variable.
 #[derive(Debug, Clone, Parser, Default)]
@@ -128,16 +128,8 @@ impl Config {
             }
         };
 
-        let mut duration = |name: &str, raw: Option<String>, default: Duration| match raw
-            .as_deref()
-            .map(parse_duration)
-        {
-            None => default,
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                errors.push(format!("--{name}: {e}"));
-                default
-            }
+        let mut duration = |name: &str, raw: Option<String>, default: Duration| {
+            errors.duration(name, raw.as_deref(), default, false)
         };
         let shutdown_grace = duration(
             "shutdown-grace",
