@@ -27,6 +27,7 @@ use redline_taskqueue::{
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::registry::{Registry, TaskContext, TaskError};
 
@@ -463,13 +464,11 @@ async fn execute(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphoreP
             reason: Arc::clone(&reason),
         },
     );
-    let span = tracing::info_span!("task", task_id = %task.id, task_name = %task.name, attempt = task.attempt);
-    let outcome = {
-        let _enter = span.enter();
-        tracing::debug!("started");
-        drop(_enter);
-        attempt(&shared, &task, cancel, &reason).await
-    };
+    // Debug level: a span per attempt is noise at info for millions of short tasks, and costs on the hot path.
+    let span = tracing::debug_span!("task", task_id = %task.id, task_name = %task.name, attempt = task.attempt);
+    let outcome = attempt(&shared, &task, cancel, &reason)
+        .instrument(span)
+        .await;
     shared.running().remove(&task.id);
     if let Some(outcome) = outcome {
         match &outcome {
