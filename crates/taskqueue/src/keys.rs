@@ -25,6 +25,20 @@
 //! Pub/sub channels: `{ns}:wake:<queue>` (work arrived), `{ns}:ev:<id>` (a task changed, for WatchTask),
 //! `{ns}:ctl:<wid>` (cancel a running task on that worker).
 
+/// Checks a queue name before it becomes part of keys and channels: 1–64 letters, digits, `_`, `-` or `.`
+/// (no `:`, braces or spaces, which would change the key layout or its hash tag).
+pub fn check_queue_name(q: &str) -> Result<(), String> {
+    let ok = !q.is_empty()
+        && q.len() <= 64
+        && q.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err("must be 1-64 characters of letters, digits, '_', '-' or '.'".to_owned())
+    }
+}
+
 /// Builds every key and channel name of one namespace.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -144,6 +158,14 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_names_cannot_reshape_keys() {
+        assert_eq!(check_queue_name("redline_tasks"), Ok(()));
+        for bad in ["", "a:b", "{x}", "a b", &"q".repeat(65)] {
+            assert!(check_queue_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn namespace_is_always_a_hash_tag() {

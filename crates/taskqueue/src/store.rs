@@ -398,10 +398,28 @@ impl TaskStore {
             .cmd
             .zrange(self.keys.workers(), 0, -1, None, false, None, false)
             .await?;
+        // One pipeline for every worker's info and held tasks, not two round trips per worker.
+        let pipe = self.cmd.pipeline();
+        for id in &ids {
+            let _: () = pipe.hgetall(self.keys.worker(id)).await?;
+            let _: () = pipe.smembers(self.keys.worker_active(id)).await?;
+        }
+        let replies: Vec<Value> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            pipe.all().await?
+        };
+        let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let f: HashMap<String, String> = self.cmd.hgetall(self.keys.worker(&id)).await?;
-            let mut active: Vec<String> = self.cmd.smembers(self.keys.worker_active(&id)).await?;
+            let f: HashMap<String, String> = replies
+                .next()
+                .and_then(|v| v.convert().ok())
+                .unwrap_or_default();
+            let mut active: Vec<String> = replies
+                .next()
+                .and_then(|v| v.convert().ok())
+                .unwrap_or_default();
             active.sort();
             let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             out.push(WorkerInfo {

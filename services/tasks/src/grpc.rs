@@ -146,7 +146,7 @@ impl TaskServiceImpl {
         } else {
             req.queue.clone()
         };
-        if let Err(e) = check_queue(&queue) {
+        if let Err(e) = redline_taskqueue::keys::check_queue_name(&queue) {
             v.push(FieldViolation::new(field("queue"), e));
         }
         let priority = req.priority.unwrap_or(5);
@@ -282,19 +282,6 @@ fn check_id(id: &str) -> Result<(), ServiceError> {
     }
     Ok(())
 }
-
-fn check_queue(q: &str) -> Result<(), String> {
-    if !q.is_empty()
-        && q.len() <= 64
-        && q.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-    {
-        Ok(())
-    } else {
-        Err("must be 1-64 characters of letters, digits, '_', '-' or '.'".to_owned())
-    }
-}
-
 /// The proto enum of a state.
 pub fn proto_state(s: TaskState) -> redline_proto::tasks::TaskState {
     use redline_proto::tasks::TaskState as P;

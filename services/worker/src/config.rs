@@ -76,22 +76,6 @@ pub struct Config {
     /// Override of the download source's base URL.
     pub download_base_url: Option<String>,
 }
-
-/// Queue names are used in keys and channels: keep them plain.
-pub fn check_queue_name(q: &str) -> Result<(), String> {
-    let ok = !q.is_empty()
-        && q.len() <= 64
-        && q.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "queue name '{q}' must be 1-64 characters of letters, digits, '_', '-' or '.'"
-        ))
-    }
-}
-
 impl Config {
     /// Validates flags, falling back to `env`; reports every problem at once.
     pub fn from_args(args: Args, env: &dyn Env) -> Result<Self, ConfigErrors> {
@@ -110,8 +94,8 @@ impl Config {
             errors.push("--queues: at least one queue is required");
         }
         for q in &queues {
-            if let Err(e) = check_queue_name(q) {
-                errors.push(format!("--queues: {e}"));
+            if let Err(e) = redline_taskqueue::keys::check_queue_name(q) {
+                errors.push(format!("--queues: queue name '{q}' {e}"));
             }
         }
 
