@@ -12,6 +12,7 @@
 //! [`traceparent`] and [`context_from_traceparent`] for the value stored on a task.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
@@ -25,6 +26,15 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::LogFormat;
+
+/// Whether spans leave this process (an exporter is installed).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans. Without an exporter a span context is only worth keeping when the caller
+/// sent one: nothing else could ever be found under it.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes spans not yet exported.
 #[derive(Debug)]
@@ -77,6 +87,7 @@ pub fn init(service: &'static str) -> Telemetry {
     if let Some(exporter) = exporter {
         // Batching runs on its own thread: exporting never sits on a request's path.
         builder = builder.with_batch_exporter(exporter);
+        EXPORTING.store(true, Ordering::Relaxed);
     }
     install(builder.build(), format, false)
 }
@@ -92,6 +103,7 @@ pub fn init_with_exporter(
         .with_resource(resource(service))
         .with_simple_exporter(exporter)
         .build();
+    EXPORTING.store(true, Ordering::Relaxed);
     install(provider, format, true)
 }
 

@@ -267,16 +267,22 @@ impl TaskServiceImpl {
 }
 
 /// The trace context stored with a task: this call's span (a child of the caller's when it sent
-/// `traceparent`), so that the worker's span links back to the request that created the task. Without the
+/// `traceparent`), so that the worker's span links back to the request that created the task.
+///
+/// Stored only when it can lead somewhere: the caller is tracing, or this process exports its spans. An
+/// untraced submit to an unobserved service stores nothing (a queued task stays small). Without the
 /// OpenTelemetry layer (a library user's own subscriber), the caller's header is stored as it came.
 fn traceparent<T>(req: &Request<T>) -> Option<String> {
-    redline_runtime::telemetry::traceparent(&tracing::Span::current()).or_else(|| {
-        req.metadata()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 128)
-            .map(str::to_owned)
-    })
+    let caller = req
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128);
+    if caller.is_none() && !redline_runtime::telemetry::exporting() {
+        return None;
+    }
+    redline_runtime::telemetry::traceparent(&tracing::Span::current())
+        .or_else(|| caller.map(str::to_owned))
 }
 
 /// Counts accepted submissions (a repeated idempotency key is not a new task).

@@ -492,5 +492,33 @@ async fn traceparent_metadata_is_stored_on_the_task() {
         .unwrap()
         .into_inner()
         .task_id;
-    assert_eq!(s.get(&id).await.unwrap().traceparent, tp);
+    // The stored context continues the caller's trace (TaskService's own span id when tracing is installed).
+    let stored = s.get(&id).await.unwrap().traceparent;
+    assert!(
+        stored.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{stored}"
+    );
+}
+
+/// An untraced submit to a service that exports no spans stores no trace context: nothing could be found
+/// under it, and a queued task stays small.
+#[tokio::test]
+async fn untraced_submits_store_no_trace_context() {
+    // As in the binary: the OpenTelemetry layer installed, no exporter configured.
+    let telemetry = redline_runtime::telemetry::init("redline-tasks-test");
+    assert!(!redline_runtime::telemetry::exporting());
+    let s = suite(false).await;
+    let id = s
+        .client
+        .clone()
+        .submit_task(SubmitTaskRequest {
+            task_name: "redline.noop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    assert_eq!(s.get(&id).await.unwrap().traceparent, "");
+    telemetry.flush();
 }
