@@ -5,7 +5,7 @@ mod client;
 mod up;
 
 use clap::{Parser, Subcommand};
-use redline_runtime::{EXIT_USAGE, LogFormat, ProcessEnv};
+use redline_runtime::{EXIT_USAGE, ProcessEnv};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,11 +106,7 @@ async fn main() {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Up(_));
     // `redline convert` drives a progress bar on the terminal; logs would tear it.
-    if !quiet {
-        redline_runtime::init_tracing(LogFormat::parse(
-            std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
-        ));
-    }
+    let telemetry = (!quiet).then(|| redline_runtime::telemetry::init(service_name(&cli.command)));
     let result = match cli.command {
         Command::Up(args) => up::run(args, redline_runtime::shutdown_on_signal()).await,
         Command::Submit(args) => client::submit(&cli.endpoint, args).await,
@@ -143,9 +139,25 @@ async fn main() {
             Ok(()) => Ok(()),
         },
     };
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The `service.name` of this process's spans: the service it serves, like the dedicated binaries.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Serve { service } => match service {
+            Service::Tasks(_) => "redline-tasks",
+            Service::Worker(_) => "redline-worker",
+            Service::Ratelimit(_) => "redline-ratelimit",
+            Service::Gateway(_) => "redline-gateway",
+        },
+        _ => "redline",
     }
 }
 

@@ -29,6 +29,10 @@ pub struct UpArgs {
     /// REST gateway address (REDLINE's /tasks API).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub gateway_listen: String,
+    /// First admin port (Prometheus /metrics): TaskService gets it, then RateLimitService, the gateway and each
+    /// worker the next ones; 0 turns the admin ports off.
+    #[arg(long, default_value_t = 9464)]
+    pub metrics_port: u16,
     /// Worker processes to start.
     #[arg(long, default_value_t = 2)]
     pub workers: u16,
@@ -70,6 +74,11 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     };
 
     let exe = std::env::current_exe().context("locating the redline binary")?;
+    // Admin ports in start order; none when --metrics-port is 0.
+    let admin = |n: u16| match args.metrics_port {
+        0 => None,
+        p => Some(format!("127.0.0.1:{}", p.saturating_add(n))),
+    };
     let mut procs = Vec::new();
     procs.push(spawn(
         &exe,
@@ -82,6 +91,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
             "--redis-url",
             &redis_url,
         ],
+        admin(0),
     )?);
     let rules = write_default_rules(&args.state_dir)?;
     procs.push(spawn(
@@ -97,6 +107,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
             "--config",
             &rules,
         ],
+        admin(1),
     )?);
     let tasks_url = format!("http://{}", args.tasks_listen);
     let ratelimit_url = format!("http://{}", args.ratelimit_listen);
@@ -113,6 +124,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
             "--ratelimit-url",
             &ratelimit_url,
         ],
+        admin(2),
     )?);
     for i in 0..args.workers {
         let id = format!("{}-up-{i}", redline_worker::worker::hostname());
@@ -129,6 +141,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
                 "--worker-id",
                 &id,
             ],
+            admin(3 + i),
         )?);
     }
     println!(
@@ -147,6 +160,12 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         "workers:      {} x concurrency {} on queue redline_tasks",
         args.workers, args.concurrency
     );
+    if args.metrics_port != 0 {
+        println!(
+            "metrics:      http://{}/metrics (TaskService: queue depth and age), then +1 ratelimit, +2 gateway, +3.. workers",
+            admin(0).unwrap_or_default()
+        );
+    }
     println!();
     println!("try:  redline submit redline.echo --kwargs '{{\"hello\": \"world\"}}' --wait");
     println!(
@@ -241,9 +260,13 @@ fn write_default_rules(dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(path.display().to_string())
 }
 
-fn spawn(exe: &PathBuf, name: &str, args: &[&str]) -> anyhow::Result<Proc> {
-    let child = Command::new(exe)
-        .args(args)
+fn spawn(exe: &PathBuf, name: &str, args: &[&str], admin: Option<String>) -> anyhow::Result<Proc> {
+    let mut command = Command::new(exe);
+    command.args(args);
+    if let Some(addr) = admin {
+        command.args(["--metrics-listen", &addr]);
+    }
+    let child = command
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()

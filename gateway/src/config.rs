@@ -30,6 +30,9 @@ pub struct Args {
     /// Address to serve HTTP on [default: 0.0.0.0:8080].
     #[arg(long, env = "REDLINE_GATEWAY_LISTEN")]
     pub listen: Option<String>,
+    /// Address of the admin port (Prometheus /metrics, /healthz, /readyz), such as 0.0.0.0:9464 [default: none].
+    #[arg(long, env = "REDLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// TaskService URL [default: http://127.0.0.1:50051].
     #[arg(long, env = "REDLINE_TASKS_URL")]
     pub tasks_url: Option<String>,
@@ -88,6 +91,8 @@ pub enum FailureMode {
 pub struct Config {
     /// HTTP address.
     pub listen: SocketAddr,
+    /// Admin port (metrics), when enabled.
+    pub metrics_listen: Option<SocketAddr>,
     /// TaskService URL.
     pub tasks_url: String,
     /// RateLimitService URL; `None` disables rate limiting.
@@ -130,6 +135,7 @@ impl Config {
             ));
             SocketAddr::from(([0, 0, 0, 0], 8080))
         });
+        let metrics_listen = errors.address("metrics-listen", args.metrics_listen.as_deref());
         let tasks_url = args
             .tasks_url
             .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned());
@@ -243,6 +249,7 @@ impl Config {
         };
         errors.finish(Self {
             listen,
+            metrics_listen,
             tasks_url,
             ratelimit_url,
             default_limits,

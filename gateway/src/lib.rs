@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
+use tracing::Instrument;
 
 pub use config::{Args, Config};
 
@@ -86,33 +87,72 @@ tokio::task_local! {
     pub static TRACEPARENT: String;
 }
 
-/// Logs one line per request with its trace id, taken from `traceparent` when the caller sent one, and echoes
-/// the id in `X-Trace-Id`.
+/// Wraps every request in a server span parented on the caller's `traceparent` (a new trace otherwise), logs
+/// one line with its trace id, echoes the id in `X-Trace-Id` and counts the request by route and status.
 async fn access_log(request: Request, next: Next) -> Response {
+    use redline_runtime::telemetry;
     let started = Instant::now();
-    let trace_id = request
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    // Metrics are labelled by route template, never by path: task ids would make a series per task.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        trace_id = tracing::field::Empty,
+    );
+    let incoming = request
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map_or_else(|| format!("{:032x}", rand::random::<u128>()), str::to_owned);
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    // The gateway's own span id under the caller's (or a new) trace, handed to TaskService, which stores it
-    // with the task.
-    // Thread-local generator: no system call per request, unlike a v4 UUID.
-    let span_id = rand::random::<u64>();
-    let traceparent = format!("00-{trace_id}-{span_id:016x}-01");
-    let mut response = TRACEPARENT.scope(traceparent, next.run(request)).await;
-    tracing::info!(
-        trace_id = %trace_id,
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "request"
-    );
+        .map(str::to_owned);
+    telemetry::adopt(&span, telemetry::extract(request.headers()));
+    // The span's own context goes to TaskService, which stores it with the task. Without the OpenTelemetry
+    // layer (an embedding application's own subscriber) the caller's trace id is kept under a new span id.
+    let traceparent = telemetry::traceparent(&span).unwrap_or_else(|| {
+        let trace_id = incoming
+            .as_deref()
+            .and_then(|v| v.split('-').nth(1))
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map_or_else(|| format!("{:032x}", rand::random::<u128>()), str::to_owned);
+        format!("00-{trace_id}-{:016x}-01", rand::random::<u64>())
+    });
+    let trace_id = traceparent.split('-').nth(1).unwrap_or_default().to_owned();
+    let mut response = TRACEPARENT
+        .scope(traceparent, next.run(request).instrument(span.clone()))
+        .await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    span.in_scope(|| {
+        tracing::info!(
+            trace_id = %trace_id,
+            %method,
+            path = %path,
+            status,
+            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    });
+    metrics::counter!(
+        "redline_gateway_requests_total",
+        "method" => method.to_string(),
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "redline_gateway_request_seconds",
+        "method" => method.to_string(),
+        "route" => route
+    )
+    .record(elapsed.as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&trace_id) {
         response.headers_mut().insert("x-trace-id", v);
     }
@@ -171,6 +211,14 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    /// The admin port could not be opened.
+    #[error("admin port {addr}: {source}")]
+    Admin {
+        /// Requested address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, then drains in-flight requests.
@@ -188,7 +236,22 @@ pub async fn run(
         api_keys = config.api_keys.len(),
         "gateway starting"
     );
+    let admin = config.metrics_listen;
     let state = AppState::new(config)?;
+    if let Some(addr) = admin {
+        // Ready while serving; the main port's /readyz is the probe that also checks TaskService.
+        let readiness = redline_runtime::admin::Readiness::default();
+        readiness.set(true);
+        let stop = shutdown.clone();
+        let flag = readiness.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            flag.set(false);
+        });
+        redline_runtime::admin::spawn(addr, readiness, None, CancellationToken::new())
+            .await
+            .map_err(|source| RunError::Admin { addr, source })?;
+    }
     // Small JSON responses: without TCP_NODELAY, Nagle's algorithm delays them behind delayed ACKs.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

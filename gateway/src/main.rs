@@ -2,13 +2,11 @@
 
 use clap::Parser;
 use redline_gateway::config::Cli;
-use redline_runtime::{EXIT_USAGE, LogFormat, ProcessEnv, init_tracing, shutdown_on_signal};
+use redline_runtime::{EXIT_USAGE, ProcessEnv, shutdown_on_signal};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    init_tracing(LogFormat::parse(
-        std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
-    ));
+    let telemetry = redline_runtime::telemetry::init("redline-gateway");
     let cli = Cli::parse();
     let config = match redline_gateway::Config::from_args(cli.args, &ProcessEnv) {
         Ok(c) => c,
@@ -24,7 +22,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match redline_gateway::run(config, listener, shutdown_on_signal()).await {
+    let result = redline_gateway::run(config, listener, shutdown_on_signal()).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("redline-gateway: {e}");

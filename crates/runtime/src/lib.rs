@@ -1,12 +1,33 @@
 //! Process plumbing shared by the redline binaries.
 //!
 //! Nothing here is domain-specific:
-//! - [`init_tracing`]: one place that sets up logging (text, or JSON when `REDLINE_LOG_FORMAT=json`);
+//! - [`telemetry`]: logs (text, or JSON when `REDLINE_LOG_FORMAT=json`), OpenTelemetry traces and W3C trace
+//!   context propagation;
+//! - [`admin`]: the admin port with Prometheus `/metrics`, `/healthz` and `/readyz`;
 //! - [`shutdown_on_signal`]: SIGTERM/SIGINT cancel a [`CancellationToken`]; a second signal exits at once;
-//! - [`redact_url`]: a Redis URL with its password hidden, for logs.
+//! - [`redact_url`], [`resolve_redis_url`], [`parse_duration`], [`ConfigErrors`]: configuration helpers.
+
+pub mod admin;
+pub mod telemetry;
 
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+
+/// Environment variables that the binaries read outside their flags: the Redis URL fallbacks and telemetry.
+/// Deployment files may set these on any redline container.
+pub const PROCESS_ENV: &[&str] = &[
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "REDLINE_LOG_FORMAT",
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
 
 /// Exit code for configuration errors (`EX_USAGE` from sysexits.h).
 pub const EXIT_USAGE: i32 = 64;
@@ -28,21 +49,6 @@ impl LogFormat {
             _ => Self::Text,
         }
     }
-}
-
-/// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`).
-///
-/// Safe to call more than once: later calls are ignored, so tests that start several services in one process
-/// don't fight over the global subscriber.
-pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 /// Returns a token cancelled on the first SIGTERM or SIGINT; a second signal exits the process at once.
@@ -234,6 +240,20 @@ impl ConfigErrors {
             Some(Err(e)) => {
                 self.push(format!("--{name}: {e}"));
                 default
+            }
+        }
+    }
+
+    /// Parses the optional address flag `--name`; a malformed value is recorded as a problem.
+    pub fn address(&mut self, name: &str, raw: Option<&str>) -> Option<std::net::SocketAddr> {
+        let raw = raw.filter(|r| !r.is_empty())?;
+        match raw.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.push(format!(
+                    "--{name}: '{raw}' is not an address such as 0.0.0.0:9464"
+                ));
+                None
             }
         }
     }

@@ -13,6 +13,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    redline_runtime::init_tracing(redline_runtime::LogFormat::Text);
-    redline_ratelimit::bench::run(Cli::parse().args).await
+    let telemetry = redline_runtime::telemetry::init("redline-ratelimit-bench");
+    let result = redline_ratelimit::bench::run(Cli::parse().args).await;
+    telemetry.shutdown();
+    result
 }

@@ -58,6 +58,9 @@ pub struct Config {
         default_value = "0.0.0.0:50052"
     )]
     pub listen: SocketAddr,
+    /// Address of the admin port (Prometheus /metrics, /healthz, /readyz), such as 0.0.0.0:9464 [default: none].
+    #[arg(long, env = "REDLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Redis URL; a password in it is only ever logged redacted.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
     pub redis_url: String,
@@ -153,6 +156,14 @@ pub enum RunError {
     /// Reflection descriptors could not be registered.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The admin port could not be opened.
+    #[error("admin port {addr}: {source}")]
+    Admin {
+        /// Requested address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// Health names probed by Kubernetes and clients.
@@ -197,10 +208,17 @@ pub async fn run(
         .set_service_status("liveness", ServingStatus::Serving)
         .await;
     let tasks = shutdown.child_token();
+    let readiness = redline_runtime::admin::Readiness::default();
+    if let Some(addr) = config.metrics_listen {
+        redline_runtime::admin::spawn(addr, readiness.clone(), None, tasks.clone())
+            .await
+            .map_err(|source| RunError::Admin { addr, source })?;
+    }
     tokio::spawn(probe_redis(
         store,
         limiter.clone(),
         health.clone(),
+        readiness,
         tasks.clone(),
     ));
     if let Some(path) = config.config.clone() {
@@ -231,6 +249,8 @@ pub async fn run(
         }
     };
     let result = tonic::transport::Server::builder()
+        // A span per call, parented on the caller's `traceparent`.
+        .trace_fn(redline_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RedlineServer::new(grpc::RedlineService::new(
@@ -255,6 +275,7 @@ async fn probe_redis(
     store: RedisStore,
     limiter: Arc<Limiter>,
     health: tonic_health::server::HealthReporter,
+    readiness: redline_runtime::admin::Readiness,
     stop: CancellationToken,
 ) {
     let mut last: Option<ServingStatus> = None;
@@ -272,6 +293,7 @@ async fn probe_redis(
         } else {
             ServingStatus::NotServing
         };
+        readiness.set(ready && !stop.is_cancelled());
         if last != Some(status) {
             for name in READINESS_NAMES {
                 health.set_service_status(name, status).await;

@@ -10,7 +10,7 @@ use crate::limits::{FailureMode, LimitDef, MAX_LIMIT, MAX_WINDOW_MS};
 use crate::rules::{Match, RuleSet, RulesError};
 use crate::store::keys::{KeyError, KeySpace};
 use crate::store::memory::MemoryStore;
-use crate::store::{Apply, BatchItem, Store, StoreError, Verdict};
+use crate::store::{Apply, BatchItem, BatchOutcome, Store, StoreError, Verdict};
 
 /// Most descriptors in one request.
 pub const MAX_DESCRIPTORS: usize = 16;
@@ -214,6 +214,7 @@ impl Limiter {
     /// Records a health probe result, logging transitions once.
     pub fn set_store_available(&self, up: bool) {
         let was = self.store_up.swap(up, Ordering::Relaxed);
+        metrics::gauge!("redline_ratelimit_redis_up").set(if up { 1.0 } else { 0.0 });
         if was && !up {
             tracing::warn!(
                 "Redis unreachable: limits now follow their failure_mode (error → UNAVAILABLE, open → allow, closed → refuse, local → process memory)"
@@ -333,7 +334,32 @@ impl Limiter {
             });
         }
         let items: Vec<BatchItem> = resolved.iter().map(|(_, _, i)| i.clone()).collect();
+        let started = std::time::Instant::now();
         let answer = tokio::time::timeout(self.timeout, self.store.decide(&items, apply)).await;
+        let result = match &answer {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        metrics::histogram!("redline_ratelimit_store_seconds", "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        let decision = self.conclude(resolved, unlimited, apply, answer);
+        if let Ok(d) = &decision
+            && apply == Apply::Consume
+        {
+            record_decision(&req.domain, d);
+        }
+        decision
+    }
+
+    /// Turns the store's answer (or its absence) into a decision, falling back when Redis did not answer.
+    fn conclude(
+        &self,
+        resolved: Vec<(usize, LimitDef, BatchItem)>,
+        unlimited: Vec<bool>,
+        apply: Apply,
+        answer: Result<Result<BatchOutcome, StoreError>, tokio::time::error::Elapsed>,
+    ) -> Result<Decision, LimitError> {
         let error = match answer {
             Ok(Ok(outcome)) => {
                 self.stats.redis.fetch_add(1, Ordering::Relaxed);
@@ -379,6 +405,8 @@ impl Limiter {
             .any(|(_, d, _)| d.failure_mode == FailureMode::Error)
         {
             self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("redline_ratelimit_failure_mode_total", "mode" => "error")
+                .increment(1);
             return Err(LimitError::Unavailable(error));
         }
         let closed_refuses = resolved
@@ -395,6 +423,8 @@ impl Limiter {
         let mut local_verdicts = local_outcome.verdicts.into_iter();
         let mut limits = Vec::with_capacity(resolved.len());
         for (descriptor_index, def, item) in resolved {
+            metrics::counter!("redline_ratelimit_failure_mode_total", "mode" => def.failure_mode.as_str())
+                .increment(1);
             let (verdict, source) = match def.failure_mode {
                 FailureMode::Open => {
                     self.stats.failed_open.fetch_add(1, Ordering::Relaxed);
@@ -477,6 +507,32 @@ impl Limiter {
 
 /// `fallback` returns early when any limit's mode is `Error`, so this arm cannot be reached; it answers like
 /// a closed limit rather than panicking.
+/// Counts each applied limit of a consuming decision by rule, outcome and where it was decided.
+fn record_decision(domain: &str, decision: &Decision) {
+    for l in &decision.limits {
+        let outcome = match (l.verdict.allowed, l.def.shadow) {
+            (true, _) => "allowed",
+            (false, false) => "refused",
+            // Shadow mode: would have refused, but only reports.
+            (false, true) => "shadow_refused",
+        };
+        let source = match l.source {
+            Source::Redis => "redis",
+            Source::FailedOpen => "failed_open",
+            Source::FailedClosed => "failed_closed",
+            Source::Local => "local",
+        };
+        metrics::counter!(
+            "redline_ratelimit_decisions_total",
+            "domain" => domain.to_owned(),
+            "rule" => l.def.name.clone(),
+            "outcome" => outcome,
+            "source" => source
+        )
+        .increment(1);
+    }
+}
+
 fn unreachable_error_mode() -> (Verdict, Source) {
     (Verdict::default(), Source::FailedClosed)
 }

@@ -42,14 +42,21 @@ pub enum FailureMode {
     Local,
 }
 
-impl fmt::Display for FailureMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl FailureMode {
+    /// The name used in rule files, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Error => "error",
             Self::Open => "open",
             Self::Closed => "closed",
             Self::Local => "local",
-        })
+        }
+    }
+}
+
+impl fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -2,13 +2,11 @@
 
 use clap::Parser;
 use redline_ratelimit::Config;
-use redline_runtime::{EXIT_USAGE, LogFormat, init_tracing, shutdown_on_signal};
+use redline_runtime::{EXIT_USAGE, shutdown_on_signal};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    init_tracing(LogFormat::parse(
-        std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
-    ));
+    let telemetry = redline_runtime::telemetry::init("redline-ratelimit");
     let config = match Config::try_parse() {
         Ok(config) => config,
         Err(e) if e.use_stderr() => {
@@ -34,7 +32,9 @@ async fn main() -> std::process::ExitCode {
             return exit_usage();
         }
     };
-    match redline_ratelimit::run(config, listener, shutdown_on_signal()).await {
+    let result = redline_ratelimit::run(config, listener, shutdown_on_signal()).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "rate-limit service failed");

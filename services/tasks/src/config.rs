@@ -17,6 +17,9 @@ pub struct Args {
     /// Address to serve gRPC on [default: 0.0.0.0:50051].
     #[arg(long, env = "REDLINE_TASKS_LISTEN")]
     pub listen: Option<String>,
+    /// Address of the admin port (Prometheus /metrics, /healthz, /readyz), such as 0.0.0.0:9464 [default: none].
+    #[arg(long, env = "REDLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Redis URL (falls back to REDIS_URL, CELERY_BROKER_URL, CELERY_RESULT_BACKEND).
     #[arg(long)]
     pub redis_url: Option<String>,
@@ -45,6 +48,8 @@ pub struct Args {
 pub struct Config {
     /// gRPC address.
     pub listen: SocketAddr,
+    /// Admin port, when enabled.
+    pub metrics_listen: Option<SocketAddr>,
     /// Redis URL.
     pub redis_url: String,
     /// Where the URL came from, for the start-up log.
@@ -83,6 +88,7 @@ impl Config {
                 1 << 20
             }
         };
+        let metrics_listen = errors.address("metrics-listen", args.metrics_listen.as_deref());
         let mut duration = |name: &str, raw: Option<String>, default: Duration| {
             errors.duration(name, raw.as_deref(), default, true)
         };
@@ -103,6 +109,7 @@ impl Config {
         }
         errors.finish(Self {
             listen,
+            metrics_listen,
             redis_url,
             redis_url_source,
             namespace,

@@ -236,14 +236,20 @@ impl TaskServiceImpl {
         task: NewTask,
         name: &str,
     ) -> Result<SubmitTaskResponse, ServiceError> {
+        let queue = task.queue.clone();
         match self.submitter.submit(task).await {
-            Ok(s) => Ok(SubmitTaskResponse {
-                message: format!("Task {name} submitted successfully"),
-                task_id: s.id,
-                status: "submitted".to_owned(),
-                state: proto_state(s.state) as i32,
-                duplicate: s.duplicate,
-            }),
+            Ok(s) => {
+                if !s.duplicate {
+                    count_submitted(name, &queue);
+                }
+                Ok(SubmitTaskResponse {
+                    message: format!("Task {name} submitted successfully"),
+                    task_id: s.id,
+                    status: "submitted".to_owned(),
+                    state: proto_state(s.state) as i32,
+                    duplicate: s.duplicate,
+                })
+            }
             Err(SubmitFailure::Unavailable) => {
                 Err(ServiceError::Unavailable("redis unreachable".to_owned()))
             }
@@ -260,12 +266,27 @@ impl TaskServiceImpl {
     }
 }
 
+/// The trace context stored with a task: this call's span (a child of the caller's when it sent
+/// `traceparent`), so that the worker's span links back to the request that created the task. Without the
+/// OpenTelemetry layer (a library user's own subscriber), the caller's header is stored as it came.
 fn traceparent<T>(req: &Request<T>) -> Option<String> {
-    req.metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
-        .map(str::to_owned)
+    redline_runtime::telemetry::traceparent(&tracing::Span::current()).or_else(|| {
+        req.metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128)
+            .map(str::to_owned)
+    })
+}
+
+/// Counts accepted submissions (a repeated idempotency key is not a new task).
+fn count_submitted(task_name: &str, queue: &str) {
+    metrics::counter!(
+        "redline_tasks_submitted_total",
+        "task_name" => task_name.to_owned(),
+        "queue" => queue.to_owned()
+    )
+    .increment(1);
 }
 
 /// Task ids are generated UUIDs; anything that can't be an id is rejected before touching Redis.
@@ -443,6 +464,11 @@ impl TaskService for TaskServiceImpl {
             .submit(&tasks)
             .await
             .map_err(ServiceError::from)?;
+        for (s, t) in results.iter().zip(&tasks) {
+            if !s.duplicate {
+                count_submitted(&t.name, &t.queue);
+            }
+        }
         Ok(Response::new(SubmitTasksResponse {
             results: results
                 .into_iter()

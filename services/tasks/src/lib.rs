@@ -7,12 +7,14 @@
 //! - [`error`]: the one mapping from service errors to gRPC status codes;
 //! - [`submitter`]: group commit of concurrent submissions;
 //! - [`watch`]: change notifications for WatchTask;
-//! - [`json`]: protobuf JSON types, timestamps and durations.
+//! - [`json`]: protobuf JSON types, timestamps and durations;
+//! - [`queue_metrics`]: queue gauges for the admin port's `/metrics`.
 
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod json;
+pub mod queue_metrics;
 pub mod submitter;
 pub mod watch;
 
@@ -50,6 +52,14 @@ pub enum ServeError {
     /// Reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The admin port could not be opened.
+    #[error("admin port {addr}: {source}")]
+    Admin {
+        /// Requested address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// Health service names: `liveness` never depends on Redis (a Redis outage must not restart every pod);
@@ -102,9 +112,21 @@ pub async fn run(
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
+    let readiness = redline_runtime::admin::Readiness::default();
+    if let Some(addr) = config.metrics_listen {
+        redline_runtime::admin::spawn(
+            addr,
+            readiness.clone(),
+            Some(queue_metrics::collector(store.clone())),
+            background.clone(),
+        )
+        .await
+        .map_err(|source| ServeError::Admin { addr, source })?;
+    }
     tokio::spawn(track_readiness(
         store.clone(),
         health.clone(),
+        readiness,
         background.clone(),
     ));
 
@@ -138,6 +160,8 @@ pub async fn run(
     };
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A span per call, parented on the caller's `traceparent`.
+        .trace_fn(redline_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(server)
@@ -161,6 +185,7 @@ pub async fn run(
 async fn track_readiness(
     store: TaskStore,
     health: tonic_health::server::HealthReporter,
+    readiness: redline_runtime::admin::Readiness,
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
@@ -182,6 +207,7 @@ async fn track_readiness(
                 ServingStatus::NotServing
             };
             tracing::info!(?status, "readiness changed");
+            readiness.set(now == Some(true));
             for name in READINESS {
                 health.set_service_status(name, status).await;
             }

@@ -1,14 +1,12 @@
 //! `redline-tasks`: the TaskService gRPC server.
 
 use clap::Parser;
-use redline_runtime::{EXIT_USAGE, LogFormat, ProcessEnv};
+use redline_runtime::{EXIT_USAGE, ProcessEnv};
 use redline_tasks::config::{Args, Config};
 
 #[tokio::main]
 async fn main() {
-    redline_runtime::init_tracing(LogFormat::parse(
-        std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
-    ));
+    let telemetry = redline_runtime::telemetry::init("redline-tasks");
     let config = match Config::from_args(Args::parse(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -29,7 +27,9 @@ async fn main() {
         }
     };
     let shutdown = redline_runtime::shutdown_on_signal();
-    if let Err(e) = redline_tasks::run(config, listener, shutdown).await {
+    let result = redline_tasks::run(config, listener, shutdown).await;
+    telemetry.shutdown();
+    if let Err(e) = result {
         tracing::error!(error = %e, "TaskService stopped");
         std::process::exit(1);
     }

@@ -16,6 +16,9 @@ pub struct Args {
     /// Redis URL (falls back to REDIS_URL, CELERY_BROKER_URL, CELERY_RESULT_BACKEND).
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Address of the admin port (Prometheus /metrics, /healthz, /readyz), such as 0.0.0.0:9464 [default: none].
+    #[arg(long, env = "REDLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Comma-separated queues to consume, in preference order [default: redline_tasks].
     #[arg(long, short = 'Q', env = "REDLINE_WORKER_QUEUES")]
     pub queues: Option<String>,
@@ -55,6 +58,8 @@ pub struct Config {
     pub redis_url: String,
     /// Where the URL came from (flag or variable name), for the start-up log.
     pub redis_url_source: &'static str,
+    /// Admin port (probes and metrics), when enabled.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Queues to consume.
     pub queues: Vec<String>,
     /// Tasks run at once.
@@ -138,6 +143,7 @@ impl Config {
                 &suffix[..6]
             )
         });
+        let metrics_listen = errors.address("metrics-listen", args.metrics_listen.as_deref());
         let data_dir = args.data_dir.unwrap_or_else(|| "data".to_owned());
         if let Some(url) = &args.download_base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -149,6 +155,7 @@ impl Config {
         errors.finish(Self {
             redis_url,
             redis_url_source,
+            metrics_listen,
             queues,
             concurrency,
             shutdown_grace,

@@ -62,6 +62,14 @@ pub enum StartError {
     /// Redis may evict keys.
     #[error(transparent)]
     Eviction(#[from] connect::EvictionPolicyError),
+    /// The admin port could not be opened.
+    #[error("admin port {addr}: {source}")]
+    Admin {
+        /// Requested address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// Connects to Redis and runs a worker with `registry` until `shutdown`, then drains.
@@ -92,6 +100,17 @@ pub async fn run(
     );
     settings.shutdown_grace = config.shutdown_grace;
     settings.cancel_grace = config.cancel_grace;
+    if let Some(addr) = config.metrics_listen {
+        // The admin port outlives the drain (probes and a last scrape), and stops with the process.
+        redline_runtime::admin::spawn(
+            addr,
+            settings.readiness.clone(),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .map_err(|source| StartError::Admin { addr, source })?;
+    }
     tracing::info!(
         worker_id = %settings.worker_id,
         queues = ?settings.queues,

@@ -1,14 +1,12 @@
 //! `redline-worker`: runs redline background tasks.
 
 use clap::Parser;
-use redline_runtime::{EXIT_USAGE, LogFormat, ProcessEnv};
+use redline_runtime::{EXIT_USAGE, ProcessEnv};
 use redline_worker::config::{Args, Config};
 
 #[tokio::main]
 async fn main() {
-    redline_runtime::init_tracing(LogFormat::parse(
-        std::env::var("REDLINE_LOG_FORMAT").ok().as_deref(),
-    ));
+    let telemetry = redline_runtime::telemetry::init("redline-worker");
     let config = match Config::from_args(Args::parse(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -23,7 +21,9 @@ async fn main() {
     );
     let shutdown = redline_runtime::shutdown_on_signal();
     let registry = redline_worker::registry_for(&config);
-    match redline_worker::run(config, registry, shutdown).await {
+    let result = redline_worker::run(config, registry, shutdown).await;
+    telemetry.shutdown();
+    match result {
         Ok(report) => tracing::info!(?report, "worker stopped"),
         Err(e) => {
             tracing::error!(error = %e, "worker failed to start");

@@ -22,7 +22,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use redline_taskqueue::backoff::Backoff;
 use redline_taskqueue::{
-    Claim, ClaimedTask, Completed, Completion, HeartbeatMode, Outcome, TaskStore,
+    Claim, ClaimedTask, Completed, Completion, HeartbeatMode, Outcome, TaskState, TaskStore,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,8 @@ pub struct WorkerSettings {
     pub backoff: Backoff,
     /// Most tasks taken in one claim.
     pub max_batch: usize,
+    /// Set while the worker heartbeats successfully and is not draining (the admin port's `/readyz`).
+    pub readiness: redline_runtime::admin::Readiness,
 }
 
 impl WorkerSettings {
@@ -64,6 +66,7 @@ impl WorkerSettings {
             cancel_grace: Duration::from_secs(5),
             backoff: Backoff::default(),
             max_batch: 128,
+            readiness: redline_runtime::admin::Readiness::default(),
         }
     }
 }
@@ -125,7 +128,14 @@ struct Shared {
     failed: AtomicU64,
     requeued: AtomicU64,
     wake: Notify,
-    completions: mpsc::UnboundedSender<Completion>,
+    completions: mpsc::UnboundedSender<Finished>,
+}
+
+/// An attempt's outcome on its way to Redis, with what its metrics are labelled by.
+struct Finished {
+    completion: Completion,
+    task_name: String,
+    queue: String,
 }
 
 impl Shared {
@@ -202,12 +212,17 @@ pub async fn run(
 
     register(&shared).await;
     publish_types(&shared).await;
-    let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared), background.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        Arc::clone(&shared),
+        shutdown.clone(),
+        background.clone(),
+    ));
     let batcher = tokio::spawn(complete_loop(Arc::clone(&shared), rx));
 
     let attempts = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(shared.settings.concurrency));
     fetch_loop(&shared, &slots, &attempts, &shutdown).await;
+    shared.settings.readiness.set(false);
 
     // Drain: let running attempts finish within the grace period, then requeue what is left.
     attempts.close();
@@ -371,12 +386,13 @@ async fn fetch_loop(
 /// Our lease expired (a long pause, a partition): our tasks were recovered and may already run elsewhere.
 /// Stop them — their completions would be rejected anyway — and register as a fresh worker.
 async fn lease_lost(shared: &Shared) {
+    metrics::counter!("redline_worker_leases_lost_total").increment(1);
     tracing::error!(worker_id = %shared.settings.worker_id, "lease lost: abandoning running tasks and registering again");
     shared.stop_all(StopReason::LeaseLost);
     register(shared).await;
 }
 
-async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+async fn heartbeat_loop(shared: Arc<Shared>, draining: CancellationToken, stop: CancellationToken) {
     // Three heartbeats per lease: one lost packet or a slow round trip doesn't cost the lease.
     let interval = shared.store.config().lease / 3;
     loop {
@@ -394,6 +410,9 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             .await
         {
             Ok(true) => {
+                if !draining.is_cancelled() {
+                    shared.settings.readiness.set(true);
+                }
                 // Housekeeping even when every slot is busy: recover other workers' lost tasks and
                 // promote due ones, so an idle peer can run them at once.
                 if let Ok(Claim::LeaseLost) = shared
@@ -405,22 +424,29 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
             Ok(false) => lease_lost(&shared).await,
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                shared.settings.readiness.set(false);
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
         }
     }
 }
 
-async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>) {
+async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>) {
     let store = shared.store.clone();
     let worker_id = shared.settings.worker_id.clone();
     drop(shared); // the loop ends when every sender (Shared and the attempts) is gone
     let mut stats = Vec::new();
+    let mut labels = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        labels.clear();
+        let mut next = Some(first);
+        while let Some(f) = next.take() {
+            batch.push(f.completion);
+            labels.push((f.task_name, f.queue));
+            if batch.len() < 512 {
+                next = rx.try_recv().ok();
             }
         }
         let mut delay = Duration::from_millis(50);
@@ -430,10 +456,20 @@ async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comp
                 Ok(results) => {
                     stats.clear();
                     stats.extend(results);
-                    for (c, r) in batch.iter().zip(&stats) {
-                        if *r == Completed::Stale {
+                    for ((c, (task_name, queue)), r) in batch.iter().zip(&labels).zip(&stats) {
+                        let Completed::Applied(state) = r else {
+                            metrics::counter!("redline_worker_stale_completions_total")
+                                .increment(1);
                             tracing::warn!(task_id = %c.id, fence = c.fence, "completion rejected: the lease was lost and the task moved on");
-                        }
+                            continue;
+                        };
+                        metrics::counter!(
+                            "redline_tasks_completed_total",
+                            "task_name" => task_name.clone(),
+                            "queue" => queue.clone(),
+                            "outcome" => outcome_label(&c.outcome, *state)
+                        )
+                        .increment(1);
                     }
                     break;
                 }
@@ -454,6 +490,42 @@ async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comp
     }
 }
 
+/// What became of an attempt, as metrics name it: a retry the budget refused is a failure.
+fn outcome_label(outcome: &Outcome, applied: TaskState) -> &'static str {
+    match outcome {
+        Outcome::Succeeded(_) => "succeeded",
+        Outcome::Retry { .. } if applied == TaskState::Failed => "failed",
+        Outcome::Retry { .. } => "retried",
+        Outcome::Failed(_) => "failed",
+        Outcome::Cancelled(_) => "cancelled",
+        Outcome::Requeue => "requeued",
+    }
+}
+
+/// The span of one attempt: an OpenTelemetry consumer span (messaging conventions) in a trace of its own,
+/// linked to the span that submitted the task. A link rather than a parent keeps long, delayed or retried
+/// work out of the request's trace, and every attempt links back the same way.
+fn attempt_span(task: &ClaimedTask) -> tracing::Span {
+    let span = tracing::info_span!(
+        "task",
+        otel.name = %format_args!("process {}", task.queue),
+        otel.kind = "consumer",
+        messaging.system = "redis",
+        messaging.operation.type = "process",
+        messaging.destination.name = %task.queue,
+        messaging.message.id = %task.id,
+        task_id = %task.id,
+        task_name = %task.name,
+        attempt = task.attempt,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(tp) = &task.traceparent {
+        redline_runtime::telemetry::link(&span, tp);
+    }
+    redline_runtime::telemetry::record_trace_id(&span);
+    span
+}
+
 async fn execute(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphorePermit) {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
@@ -464,11 +536,26 @@ async fn execute(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphoreP
             reason: Arc::clone(&reason),
         },
     );
-    // Debug level: a span per attempt is noise at info for millions of short tasks, and costs on the hot path.
-    let span = tracing::debug_span!("task", task_id = %task.id, task_name = %task.name, attempt = task.attempt);
+    metrics::counter!("redline_tasks_started_total", "task_name" => task.name.clone(), "queue" => task.queue.clone())
+        .increment(1);
+    if task.attempt == 1 {
+        // Since submission: for a task submitted with an eta or countdown this includes its planned delay.
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let waited = now_us.saturating_sub(task.submitted_us);
+        metrics::histogram!("redline_task_queue_wait_seconds", "queue" => task.queue.clone())
+            .record(waited as f64 / 1e6);
+    }
+    let in_flight = metrics::gauge!("redline_worker_tasks_in_flight");
+    in_flight.increment(1.0);
+    let started = std::time::Instant::now();
     let outcome = attempt(&shared, &task, cancel, &reason)
-        .instrument(span)
+        .instrument(attempt_span(&task))
         .await;
+    in_flight.decrement(1.0);
+    metrics::histogram!("redline_task_run_seconds", "task_name" => task.name.clone(), "queue" => task.queue.clone())
+        .record(started.elapsed().as_secs_f64());
     shared.running().remove(&task.id);
     if let Some(outcome) = outcome {
         match &outcome {
@@ -483,10 +570,14 @@ async fn execute(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphoreP
                 shared.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let _ = shared.completions.send(Completion {
-            id: task.id.clone(),
-            fence: task.fence,
-            outcome,
+        let _ = shared.completions.send(Finished {
+            completion: Completion {
+                id: task.id.clone(),
+                fence: task.fence,
+                outcome,
+            },
+            task_name: task.name.clone(),
+            queue: task.queue.clone(),
         });
     }
     drop(permit);

@@ -333,3 +333,36 @@ async fn many_tasks_over_two_workers_each_complete_exactly_once() {
     let stats = h.store.stats().await.unwrap();
     assert_eq!(stats.stale_completions, 0);
 }
+
+/// `/readyz` of the worker's admin port: ready once a heartbeat succeeds, not ready from the start of a drain.
+#[tokio::test]
+async fn readiness_follows_heartbeats_and_drain() {
+    let mut h = Harness::new().await;
+    let mut settings = h.settings("ready");
+    settings.shutdown_grace = Duration::from_secs(5);
+    let readiness = settings.readiness.clone();
+    assert!(!readiness.get(), "not ready before the first heartbeat");
+    h.start(settings).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !readiness.get() {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = h.submit(task("redline.sleep", json!({"seconds": 1}))).await;
+    h.wait_state(&id, TaskState::Running, Duration::from_secs(5))
+        .await;
+    let (token, handle) = h.workers.pop().expect("worker");
+    token.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !readiness.get(),
+        "draining (a task still running) is not ready"
+    );
+    assert!(!handle.is_finished(), "still draining its running task");
+    let report = handle.await.unwrap();
+    assert_eq!(
+        report.processed, 1,
+        "the running task finished in the grace period"
+    );
+    assert!(!readiness.get());
+}
