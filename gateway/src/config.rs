@@ -70,6 +70,11 @@ pub struct Args {
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, env = "REDLINE_GATEWAY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<String>,
+    /// After SIGTERM, how long to keep serving while readiness reports NOT_SERVING, so load balancers and
+    /// Kubernetes endpoints stop sending new calls before the listener closes (a preStop pause without a
+    /// shell) [default: 0s].
+    #[arg(long, env = "REDLINE_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Option<String>,
     /// How long in-flight requests may take to finish on shutdown [default: 10s].
     #[arg(long, env = "REDLINE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -115,6 +120,8 @@ pub struct Config {
     pub ratelimit_timeout: Duration,
     /// Largest accepted body.
     pub max_body: usize,
+    /// Serving on after SIGTERM, not ready, before the listener closes.
+    pub shutdown_delay: Duration,
     /// Drain deadline.
     pub shutdown_grace: Duration,
 }
@@ -239,6 +246,12 @@ impl Config {
             args.shutdown_grace,
             Duration::from_secs(10),
         );
+        let shutdown_delay = errors.duration(
+            "shutdown-delay",
+            args.shutdown_delay.as_deref(),
+            Duration::ZERO,
+            false,
+        );
         let max_body = match args.max_body_bytes.as_deref().map(str::parse::<usize>) {
             None => 1 << 20,
             Some(Ok(n)) if (1024..=64 << 20).contains(&n) => n,
@@ -261,6 +274,7 @@ impl Config {
             grpc_timeout,
             ratelimit_timeout,
             max_body,
+            shutdown_delay,
             shutdown_grace,
         })
     }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub health: HealthClient<Channel>,
     /// Rate limiter.
     pub limiter: Arc<ratelimit::RateLimiter>,
+    /// Set on SIGTERM: `/readyz` fails while requests are still served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A lazily connected channel: the gateway starts (and answers 503) while a backend is still away.
@@ -78,6 +80,7 @@ impl AppState {
             tasks: TaskServiceClient::new(tasks_channel.clone()),
             health: HealthClient::new(tasks_channel),
             limiter,
+            draining: Arc::default(),
         })
     }
 }
@@ -237,6 +240,7 @@ pub async fn run(
         "gateway starting"
     );
     let admin = config.metrics_listen;
+    let delay = config.shutdown_delay;
     let state = AppState::new(config)?;
     if let Some(addr) = admin {
         // Ready while serving; the main port's /readyz is the probe that also checks TaskService.
@@ -256,15 +260,25 @@ pub async fn run(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let draining = Arc::clone(&state.draining);
+    let stop_accepting = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            // Not ready at once, still serving for the delay: endpoints are removed after SIGTERM, not before.
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+        }
+    };
     let server = axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    .with_graceful_shutdown(stop_accepting);
     let server = std::pin::pin!(server.into_future());
     let result = tokio::select! {
         r = server => r,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+        () = async { shutdown.cancelled().await; tokio::time::sleep(delay + grace).await } => {
             tracing::warn!("shutdown grace elapsed; dropping remaining connections");
             Ok(())
         }
@@ -342,6 +356,57 @@ mod tests {
         assert_eq!(body["error"], "input_file is required");
         let (status, _) = call("GET", "/healthz", None, "").await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    async fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        out.get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(out.clone()))
+    }
+
+    /// SIGTERM with a shutdown delay: not ready at once, still serving for the delay, then closed.
+    #[tokio::test]
+    async fn shutdown_delay_keeps_serving_while_not_ready() {
+        let config = Config::from_args(
+            Args {
+                tasks_url: Some("http://127.0.0.1:9".into()),
+                ratelimit_url: Some("none".into()),
+                shutdown_delay: Some("600ms".into()),
+                ..Args::default()
+            },
+            &HashMap::<String, String>::new(),
+        );
+        let Ok(config) = config else { panic!("config") };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(run(config, listener, stop.clone()));
+        assert_eq!(raw_get(addr, "/healthz").await.ok(), Some(200));
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            raw_get(addr, "/readyz").await.ok(),
+            Some(503),
+            "not ready once draining"
+        );
+        assert_eq!(
+            raw_get(addr, "/healthz").await.ok(),
+            Some(200),
+            "still serving during the delay"
+        );
+        let _ = server.await;
+        assert!(
+            raw_get(addr, "/healthz").await.is_err(),
+            "closed after the delay"
+        );
     }
 
     #[tokio::test]

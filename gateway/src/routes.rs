@@ -742,6 +742,13 @@ pub async fn healthz() -> Response {
 
 /// `/readyz`: TaskService answers and is ready.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "error": "shutting down"})),
+        )
+            .into_response();
+    }
     match tasks_ready(&state).await {
         Ok(true) => Json(json!({"status": "ready"})).into_response(),
         Ok(false) => (

@@ -99,6 +99,11 @@ pub struct Config {
         default_value_t = 1000
     )]
     pub watch_interval_ms: u64,
+    /// After SIGTERM, how long to keep serving while readiness reports NOT_SERVING, so load balancers and
+    /// Kubernetes endpoints stop sending new calls before the listener closes (a preStop pause without a
+    /// shell), such as `5s`.
+    #[arg(long, env = "REDLINE_SHUTDOWN_DELAY", default_value = "0s", value_parser = redline_runtime::parse_duration)]
+    pub shutdown_delay: Duration,
 }
 
 impl Config {
@@ -238,14 +243,17 @@ pub async fn run(
     let drained = {
         let health = health.clone();
         let shutdown = shutdown.clone();
+        let delay = config.shutdown_delay;
         async move {
             shutdown.cancelled().await;
-            // Stop receiving new traffic before the listener closes.
+            // Stop receiving new traffic before the listener closes: report NOT_SERVING, keep accepting for
+            // the delay while endpoints are removed, then close.
             for name in READINESS_NAMES {
                 health
                     .set_service_status(name, ServingStatus::NotServing)
                     .await;
             }
+            tokio::time::sleep(delay).await;
         }
     };
     let result = tonic::transport::Server::builder()

@@ -35,6 +35,11 @@ pub struct Args {
     /// How long an idempotency key maps to its task [default: 1d].
     #[arg(long, env = "REDLINE_IDEMPOTENCY_TTL")]
     pub idempotency_ttl: Option<String>,
+    /// After SIGTERM, how long to keep serving while readiness reports NOT_SERVING, so load balancers and
+    /// Kubernetes endpoints stop sending new calls before the listener closes (a preStop pause without a
+    /// shell) [default: 0s].
+    #[arg(long, env = "REDLINE_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Option<String>,
     /// How long in-flight requests may take to finish on shutdown [default: 10s].
     #[arg(long, env = "REDLINE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -62,6 +67,8 @@ pub struct Config {
     pub result_ttl: Duration,
     /// Lifetime of idempotency keys.
     pub idempotency_ttl: Duration,
+    /// Serving on after SIGTERM, not ready, before the listener closes.
+    pub shutdown_delay: Duration,
     /// Drain deadline.
     pub shutdown_grace: Duration,
     /// Skip the eviction-policy check.
@@ -103,6 +110,12 @@ impl Config {
             args.shutdown_grace,
             Duration::from_secs(10),
         );
+        let shutdown_delay = errors.duration(
+            "shutdown-delay",
+            args.shutdown_delay.as_deref(),
+            Duration::ZERO,
+            false,
+        );
         let namespace = args.namespace.unwrap_or_else(|| "redline".to_owned());
         if namespace.is_empty() || namespace.contains(char::is_whitespace) {
             errors.push("--namespace: must be non-empty without spaces");
@@ -116,6 +129,7 @@ impl Config {
             max_payload,
             result_ttl,
             idempotency_ttl,
+            shutdown_delay,
             shutdown_grace,
             allow_evicting_redis: args.allow_evicting_redis,
         })

@@ -145,17 +145,20 @@ pub async fn run(
         .max_decoding_message_size((config.max_payload * 4).max(16 << 20));
 
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "TaskService listening");
+    let delay = config.shutdown_delay;
     let drain = {
         let shutdown = shutdown.clone();
         let health = health.clone();
         async move {
             shutdown.cancelled().await;
-            // Fail readiness first so load balancers stop sending new calls while in-flight ones finish.
+            // Fail readiness first so load balancers stop sending new calls while in-flight ones finish, and
+            // keep accepting for the delay: endpoints are removed asynchronously after SIGTERM.
             for name in READINESS {
                 health
                     .set_service_status(name, ServingStatus::NotServing)
                     .await;
             }
+            tokio::time::sleep(delay).await;
         }
     };
     let serve = tonic::transport::Server::builder()
@@ -172,7 +175,7 @@ pub async fn run(
     tokio::pin!(serve);
     tokio::select! {
         result = &mut serve => result?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(delay + grace).await } => {
             tracing::warn!(?grace, "drain deadline reached; closing remaining connections");
         }
     }

@@ -22,11 +22,16 @@ struct Suite {
 }
 
 async fn suite(with_worker: bool) -> Suite {
+    suite_with(with_worker, None).await
+}
+
+async fn suite_with(with_worker: bool, shutdown_delay: Option<&str>) -> Suite {
     let redis = RedisServer::start();
     let stop = CancellationToken::new();
     let args = Args {
         redis_url: Some(redis.url()),
         max_payload_bytes: Some("4096".into()),
+        shutdown_delay: shutdown_delay.map(str::to_owned),
         ..Args::default()
     };
     let config = Config::from_args(args, &HashMap::new()).expect("config");
@@ -521,4 +526,26 @@ async fn untraced_submits_store_no_trace_context() {
         .task_id;
     assert_eq!(s.get(&id).await.unwrap().traceparent, "");
     telemetry.flush();
+}
+
+/// SIGTERM with a shutdown delay: readiness turns NOT_SERVING at once while calls are still answered, so
+/// endpoints can be removed before the listener closes.
+#[tokio::test]
+async fn shutdown_delay_answers_calls_while_not_ready() {
+    let s = suite_with(false, Some("700ms")).await;
+    s.stop.cancel();
+    s.wait_ready(false, Duration::from_millis(300)).await;
+    let stats = s
+        .client
+        .clone()
+        .get_queue_stats(GetQueueStatsRequest::default())
+        .await;
+    assert!(stats.is_ok(), "still serving during the delay: {stats:?}");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let closed = s
+        .client
+        .clone()
+        .get_queue_stats(GetQueueStatsRequest::default())
+        .await;
+    assert_eq!(closed.map_err(|e| e.code()).err(), Some(Code::Unavailable));
 }
