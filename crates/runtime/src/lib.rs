@@ -27,6 +27,7 @@ pub const PROCESS_ENV: &[&str] = &[
     "OTEL_EXPORTER_OTLP_COMPRESSION",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_SDK_DISABLED",
 ];
 
 /// Exit code for configuration errors (`EX_USAGE` from sysexits.h).

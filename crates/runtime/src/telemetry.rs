@@ -63,12 +63,15 @@ impl Telemetry {
 /// Must be called inside the Tokio runtime: the OTLP exporter is a tonic client.
 pub fn init(service: &'static str) -> Telemetry {
     let format = LogFormat::parse(std::env::var("REDLINE_LOG_FORMAT").ok().as_deref());
-    let endpoint = [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ]
-    .iter()
-    .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()));
+    // The standard switch: no trace context at all (no propagation, no trace ids in logs), logs only.
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint = !disabled
+        && [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()));
     let exporter = if endpoint {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -89,7 +92,7 @@ pub fn init(service: &'static str) -> Telemetry {
         builder = builder.with_batch_exporter(exporter);
         EXPORTING.store(true, Ordering::Relaxed);
     }
-    install(builder.build(), format, false)
+    install(builder.build(), format, false, !disabled)
 }
 
 /// Like [`init`], but hands every finished span to `exporter` as it ends, and logs through the test harness's
@@ -104,7 +107,7 @@ pub fn init_with_exporter(
         .with_simple_exporter(exporter)
         .build();
     EXPORTING.store(true, Ordering::Relaxed);
-    install(provider, format, true)
+    install(provider, format, true, true)
 }
 
 fn resource(service: &'static str) -> Resource {
@@ -117,10 +120,15 @@ fn resource(service: &'static str) -> Resource {
     }
 }
 
-fn install(provider: SdkTracerProvider, format: LogFormat, captured: bool) -> Telemetry {
+fn install(
+    provider: SdkTracerProvider,
+    format: LogFormat,
+    captured: bool,
+    tracing: bool,
+) -> Telemetry {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let tracer = provider.tracer("redline");
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let otel =
+        tracing.then(|| tracing_opentelemetry::layer().with_tracer(provider.tracer("redline")));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     // Later calls are ignored, so tests that start several services in one process share the first subscriber.
