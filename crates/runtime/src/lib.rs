@@ -28,6 +28,9 @@ pub const PROCESS_ENV: &[&str] = &[
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_SDK_DISABLED",
+    // Trust store for `rediss://` (a private CA's bundle), read by the TLS client.
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 ];
 
 /// Exit code for configuration errors (`EX_USAGE` from sysexits.h).
