@@ -12,6 +12,12 @@ use std::time::Duration;
 use fixture::Suite;
 use hyper::{Method, StatusCode};
 use opentelemetry::trace::SpanKind;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use redline_runtime::telemetry::{self, Telemetry};
 use serde_json::json;
@@ -306,4 +312,128 @@ async fn json_logs_carry_the_trace_id() {
         "the request span names the trace: {found}"
     );
     assert_eq!(found["status"], 200, "{found}");
+}
+
+/// A stand-in OpenTelemetry Collector: the OTLP/gRPC trace service, handing every export to the test.
+struct Collector(tokio::sync::mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the real binary exports its spans over OTLP/gRPC, named after the
+/// service, and flushes them when it shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("collector port");
+    let collector = listener.local_addr().expect("addr");
+    let (tx, mut exports) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_redline-gateway"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--tasks-url",
+            "http://127.0.0.1:9",
+            "--ratelimit-url",
+            "none",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_SDK_DISABLED")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gateway starts");
+    let trace = "3c2b1a0f9e8d7c6b5a4f3e2d1c0b0a09";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway never answered"
+        );
+        let header = format!("00-{trace}-2222222222222222-01");
+        if let Ok(status) = raw_get(port, "/healthz", &[("traceparent", &header)]).await {
+            assert_eq!(status, 200);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGTERM: the gateway drains and flushes its batch of spans before exiting.
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    assert!(exited.is_ok(), "gateway did not exit after SIGTERM");
+
+    let mut found = None;
+    while let Ok(Some(export)) = tokio::time::timeout(Duration::from_secs(5), exports.recv()).await
+    {
+        for rs in export.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value);
+            for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                if id == trace {
+                    found = Some((span.name.clone(), service.clone()));
+                }
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let (name, service) = found.expect("the request's span reached the collector");
+    assert_eq!(name, "GET /healthz");
+    assert_eq!(
+        service,
+        Some(
+            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                "redline-gateway".into()
+            )
+        )
+    );
+}
+
+/// `GET path` on 127.0.0.1:`port` with extra headers; the status code.
+async fn raw_get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    out.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(out.clone()))
 }
