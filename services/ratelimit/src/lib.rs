@@ -104,6 +104,9 @@ pub struct Config {
     /// shell), such as `5s`.
     #[arg(long, env = "REDLINE_SHUTDOWN_DELAY", default_value = "0s", value_parser = redline_runtime::parse_duration)]
     pub shutdown_delay: Duration,
+    /// Do not serve gRPC reflection (it publishes the whole schema; production overlays turn it off).
+    #[arg(long, env = "REDLINE_DISABLE_REFLECTION")]
+    pub disable_reflection: bool,
 }
 
 impl Config {
@@ -235,10 +238,17 @@ pub async fn run(
         ));
     }
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(redline_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection publishes the whole schema: handy for grpcurl in development, off where that is unwanted.
+    let reflection = if config.disable_reflection {
+        None
+    } else {
+        Some(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(redline_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        )
+    };
 
     let drained = {
         let health = health.clone();
@@ -260,7 +270,7 @@ pub async fn run(
         // A span per call, parented on the caller's `traceparent`.
         .trace_fn(redline_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_optional_service(reflection)
         .add_service(RedlineServer::new(grpc::RedlineService::new(
             limiter.clone(),
         )))

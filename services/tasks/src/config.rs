@@ -43,6 +43,9 @@ pub struct Args {
     /// How long in-flight requests may take to finish on shutdown [default: 10s].
     #[arg(long, env = "REDLINE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Do not serve gRPC reflection (it publishes the whole schema; production overlays turn it off).
+    #[arg(long, env = "REDLINE_DISABLE_REFLECTION")]
+    pub disable_reflection: bool,
     /// Start even if Redis may evict keys (maxmemory-policy other than noeviction).
     #[arg(long, env = "REDLINE_ALLOW_EVICTING_REDIS")]
     pub allow_evicting_redis: bool,
@@ -73,6 +76,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Skip the eviction-policy check.
     pub allow_evicting_redis: bool,
+    /// Serve no gRPC reflection.
+    pub disable_reflection: bool,
 }
 
 impl Config {
@@ -132,6 +137,7 @@ impl Config {
             shutdown_delay,
             shutdown_grace,
             allow_evicting_redis: args.allow_evicting_redis,
+            disable_reflection: args.disable_reflection,
         })
     }
 }

@@ -130,10 +130,17 @@ pub async fn run(
         background.clone(),
     ));
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(redline_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection publishes the whole schema: handy for grpcurl in development, off where that is unwanted.
+    let reflection = if config.disable_reflection {
+        None
+    } else {
+        Some(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(redline_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        )
+    };
 
     let limits = grpc::Limits {
         max_payload: config.max_payload,
@@ -166,7 +173,7 @@ pub async fn run(
         // A span per call, parented on the caller's `traceparent`.
         .trace_fn(redline_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_optional_service(reflection)
         .add_service(server)
         // TCP_NODELAY: without it, Nagle's algorithm holds small responses (stream messages, replies that
         // follow a multi-segment request) for the peer's delayed ACK, adding ~40 ms.

@@ -549,3 +549,49 @@ async fn shutdown_delay_answers_calls_while_not_ready() {
         .await;
     assert_eq!(closed.map_err(|e| e.code()).err(), Some(Code::Unavailable));
 }
+
+/// `--disable-reflection` removes the reflection service (production); by default grpcurl can list services.
+#[tokio::test]
+async fn reflection_can_be_turned_off() {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let redis = RedisServer::start();
+    for disabled in [false, true] {
+        let stop = CancellationToken::new();
+        let args = Args {
+            redis_url: Some(redis.url()),
+            disable_reflection: disabled,
+            ..Args::default()
+        };
+        let config = Config::from_args(args, &HashMap::new()).expect("config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(redline_tasks::run(config, listener, stop.clone()));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let answer = async {
+            let mut stream = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await?
+                .into_inner();
+            stream.next().await.transpose()
+        }
+        .await;
+        match (disabled, answer) {
+            (false, Ok(Some(_))) => {}
+            (true, Err(status)) => assert_eq!(status.code(), Code::Unimplemented),
+            (d, other) => panic!("reflection disabled={d}: {other:?}"),
+        }
+        stop.cancel();
+    }
+}

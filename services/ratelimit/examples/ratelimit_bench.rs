@@ -1,4 +1,4 @@
-//! Runs the rate-limit benchmark: `cargo run --release -p redline-ratelimit --example bench -- --help`.
+//! Runs the rate-limit benchmark: `cargo run --release -p redline-ratelimit --example ratelimit_bench -- --help`.
 
 use clap::Parser;
 

@@ -1,4 +1,4 @@
-//! `cargo run --release -p redline-gateway --example bench -- [--runs 3 --seconds 3 ...]`
+//! `cargo run --release -p redline-gateway --example gateway_bench -- [--runs 3 --seconds 3 ...]`
 
 use clap::Parser;
 
