@@ -12,6 +12,9 @@ pub enum StoreError {
     /// Redis refused a command (script error, wrong type, out of memory).
     #[error("redis error: {0}")]
     Redis(#[source] fred::error::Error),
+    /// A listing cursor that no listing of that index returned.
+    #[error("not a page token returned by this listing")]
+    BadCursor,
 }
 
 impl StoreError {

@@ -11,7 +11,7 @@
 //! | `{ns}:q:<queue>:<p>` | LIST | queued task ids of priority `p` (0–9): LPUSH new, RPOP next, RPUSH to the front |
 //! | `{ns}:sched:<queue>` | ZSET | scheduled ids (eta or retry backoff), score = due epoch ms |
 //! | `{ns}:queues` | SET | queue names ever used |
-//! | `{ns}:all` | ZSET | every task id, score = submitted epoch ms (listing index) |
+//! | `{ns}:all` | STREAM | listing index: one entry per submit call, fields = its task ids; trimmed past the index retention (7 d) |
 //! | `{ns}:done` | ZSET | terminal task ids, score = completed epoch ms (cleanup and listing) |
 //! | `{ns}:dead` | ZSET | dead-letter index: failed ids, score = failed epoch ms, capped by count and age |
 //! | `{ns}:idem:<key>` | STRING | idempotency key → task id, with a TTL |
@@ -84,7 +84,7 @@ impl Keys {
         format!("{}:queues", self.ns)
     }
 
-    /// The listing index of every task.
+    /// The listing index: a stream of submitted ids, newest last.
     pub fn all(&self) -> String {
         format!("{}:all", self.ns)
     }

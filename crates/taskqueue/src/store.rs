@@ -32,6 +32,9 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// A task recovered more often than this is quarantined as failed (a poison pill).
     pub max_recoveries: u32,
+    /// How far back ListTasks reaches: the listing index forgets submissions older than this (the records
+    /// themselves live by their own TTLs; GetTask still finds them).
+    pub index_retention: Duration,
 }
 
 impl Default for QueueConfig {
@@ -44,6 +47,7 @@ impl Default for QueueConfig {
             idempotency_ttl: Duration::from_secs(86_400),
             lease: Duration::from_secs(5),
             max_recoveries: 10,
+            index_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -173,9 +177,10 @@ impl TaskStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args = Vec::with_capacity(2 + tasks.len() * 13);
+        let mut args = Vec::with_capacity(3 + tasks.len() * 13);
         args.push(self.keys.namespace().to_owned());
         args.push(tasks.len().to_string());
+        args.push(ms(self.config.index_retention));
         for t in tasks {
             args.push(t.id.clone());
             args.push(t.name.clone());
@@ -197,19 +202,19 @@ impl TaskStore {
         }
         let keys = vec![self.keys.queues(), self.keys.all()];
         let reply = self.eval(&self.scripts.submit, keys, args).await?;
-        let rows = reply.into_array();
-        rows.into_iter()
-            .map(|row| {
-                let f = row.into_array();
-                let state = f.get(1).map(text).and_then(|s| TaskState::parse(&s));
-                match (f.first(), state) {
-                    (Some(id), Some(state)) => Ok(Submitted {
-                        id: text(id),
-                        state,
-                        duplicate: f.get(2).map(int).unwrap_or(0) == 1,
-                    }),
-                    _ => Err(protocol("submit reply")),
-                }
+        let flat = reply.into_array();
+        if flat.len() != tasks.len() * 3 {
+            return Err(protocol("submit reply"));
+        }
+        flat.chunks_exact(3)
+            .map(|f| {
+                let state =
+                    TaskState::parse(&text(&f[1])).ok_or_else(|| protocol("submit reply"))?;
+                Ok(Submitted {
+                    id: text(&f[0]),
+                    state,
+                    duplicate: int(&f[2]) == 1,
+                })
             })
             .collect()
     }
@@ -238,19 +243,113 @@ impl TaskStore {
             .collect())
     }
 
-    /// Lists tasks newest first. `cursor` is the submission time (ms) and id to continue after.
+    /// Lists tasks newest first, from the listing index or the dead-letter index; `cursor` (from a previous
+    /// page) continues where that page ended.
     pub async fn list(
+        &self,
+        filter: &ListFilter,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<ListPage, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let cursor = match cursor {
+            None => None,
+            Some(c) => Some(
+                c.position(filter.dead_letter)
+                    .ok_or(StoreError::BadCursor)?,
+            ),
+        };
+        match cursor {
+            None if filter.dead_letter => self.list_dead(filter, limit, None).await,
+            None => self.list_all(filter, limit, None).await,
+            Some(Position::Dead(score, id)) => {
+                self.list_dead(filter, limit, Some((score, id))).await
+            }
+            Some(Position::All(entry, skip)) => {
+                self.list_all(filter, limit, Some((entry, skip))).await
+            }
+        }
+    }
+
+    /// The listing stream, newest first. Each entry is one submit call; its fields are task ids in
+    /// submission order. The cursor is the entry id and how many of its ids (newest first) were consumed.
+    async fn list_all(
+        &self,
+        filter: &ListFilter,
+        limit: usize,
+        cursor: Option<(String, usize)>,
+    ) -> Result<ListPage, StoreError> {
+        const ENTRIES: usize = 32;
+        let index = self.keys.all();
+        let (mut end, mut resume) = match cursor {
+            Some((entry, skip)) => (entry.clone(), Some((entry, skip))),
+            None => ("+".to_owned(), None),
+        };
+        let mut out = Vec::new();
+        // Bounded, so a very selective filter over a long history can't run forever.
+        let mut scanned = 0usize;
+        while scanned < 20_000 {
+            let reply: Value = self
+                .cmd
+                .custom(
+                    CustomCommand::new_static("XREVRANGE", ClusterHash::FirstKey, false),
+                    vec![
+                        index.clone(),
+                        end.clone(),
+                        "-".to_owned(),
+                        "COUNT".to_owned(),
+                        ENTRIES.to_string(),
+                    ],
+                )
+                .await?;
+            let entries = stream_entries(reply)?;
+            let full = entries.len() == ENTRIES;
+            let Some(oldest) = entries.last().map(|(id, _)| id.clone()) else {
+                break;
+            };
+            for (entry, mut ids) in entries {
+                ids.reverse();
+                let skip = match &resume {
+                    Some((e, skip)) if *e == entry => (*skip).min(ids.len()),
+                    _ => 0,
+                };
+                let ids = &ids[skip..];
+                let records = self.get_many(ids).await?;
+                for (k, rec) in records.into_iter().enumerate() {
+                    scanned += 1;
+                    // Ids whose record expired or was cleaned up are skipped; the entry ages out.
+                    if let Some(rec) = rec
+                        && filter.matches(&rec)
+                    {
+                        out.push(rec);
+                        if out.len() == limit {
+                            let next = Some(Cursor(format!("{entry}/{}", skip + k + 1)));
+                            return Ok(ListPage { tasks: out, next });
+                        }
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+            // Older than the last entry read (an exclusive bound).
+            end = format!("({oldest}");
+            resume = None;
+        }
+        Ok(ListPage {
+            tasks: out,
+            next: None,
+        })
+    }
+
+    /// The dead-letter index (a sorted set by failure time), newest first; the cursor is `score:id`.
+    async fn list_dead(
         &self,
         filter: &ListFilter,
         limit: usize,
         cursor: Option<(u64, String)>,
     ) -> Result<ListPage, StoreError> {
-        let limit = limit.clamp(1, 1000);
-        let index = if filter.dead_letter {
-            self.keys.dead()
-        } else {
-            self.keys.all()
-        };
+        let index = self.keys.dead();
         let mut out = Vec::new();
         let mut missing = Vec::new();
         let mut max = cursor
@@ -300,7 +399,7 @@ impl TaskStore {
                 if filter.matches(&rec) {
                     out.push(rec);
                     if out.len() == limit {
-                        next = Some((*score as u64, id.clone()));
+                        next = Some(Cursor(format!("{}:{id}", *score as u64)));
                         break 'scan;
                     }
                 }
@@ -516,7 +615,7 @@ impl TaskStore {
             let reply = self
                 .eval(
                     &self.scripts.cleanup,
-                    vec![self.keys.done(), self.keys.dead(), self.keys.all()],
+                    vec![self.keys.done(), self.keys.dead()],
                     vec![
                         self.keys.namespace().to_owned(),
                         cutoff_ms.to_string(),
@@ -744,11 +843,68 @@ impl ListFilter {
     }
 }
 
+/// Where a listing continues: opaque to callers, round-tripped as a page token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(String);
+
+/// A parsed cursor: a stream entry and how many of its ids were consumed, or a dead-letter score and id.
+enum Position {
+    All(String, usize),
+    Dead(u64, String),
+}
+
+impl Cursor {
+    /// A cursor from a page token; whether it is well formed is checked when it is used.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The page token.
+    pub fn token(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this token could have come from a listing of that index (`dead_letter` or not).
+    pub fn is_valid_for(&self, dead_letter: bool) -> bool {
+        self.position(dead_letter).is_some()
+    }
+
+    fn position(&self, dead_letter: bool) -> Option<Position> {
+        if dead_letter {
+            let (score, id) = self.0.split_once(':')?;
+            return Some(Position::Dead(score.parse().ok()?, id.to_owned()));
+        }
+        let (entry, skip) = self.0.split_once('/')?;
+        let (ms, seq) = entry.split_once('-')?;
+        ms.parse::<u64>().ok()?;
+        seq.parse::<u64>().ok()?;
+        Some(Position::All(entry.to_owned(), skip.parse().ok()?))
+    }
+}
+
+/// XREVRANGE's reply: `[[entry id, [field, value, ...]], ...]`, fields being task ids.
+fn stream_entries(reply: Value) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    reply
+        .into_array()
+        .into_iter()
+        .map(|e| {
+            let mut parts = e.into_array().into_iter();
+            let id = parts
+                .next()
+                .map(|v| text(&v))
+                .ok_or_else(|| protocol("stream entry"))?;
+            let fields = parts.next().map(Value::into_array).unwrap_or_default();
+            let ids = fields.iter().step_by(2).map(text).collect();
+            Ok((id, ids))
+        })
+        .collect()
+}
+
 /// One page of [`TaskStore::list`].
 #[derive(Debug, Clone)]
 pub struct ListPage {
     /// Matching tasks, newest first.
     pub tasks: Vec<TaskRecord>,
     /// Cursor of the next page.
-    pub next: Option<(u64, String)>,
+    pub next: Option<Cursor>,
 }

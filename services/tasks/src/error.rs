@@ -61,6 +61,7 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
             StoreError::Protocol(_) | StoreError::Redis(_) => Self::Internal(e.to_string()),
+            StoreError::BadCursor => Self::invalid("page_token", e.to_string()),
         }
     }
 }

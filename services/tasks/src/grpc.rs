@@ -10,7 +10,7 @@ use redline_proto::tasks::*;
 use redline_taskqueue::catalog::{Catalog, FieldViolation, TaskSpec};
 use redline_taskqueue::keys::PRIORITIES;
 use redline_taskqueue::{
-    CancelOutcome, DEFAULT_QUEUE, ListFilter, NewTask, RetryOutcome, TaskRecord, TaskState,
+    CancelOutcome, Cursor, DEFAULT_QUEUE, ListFilter, NewTask, RetryOutcome, TaskRecord, TaskState,
     TaskStore,
 };
 use tokio_util::sync::CancellationToken;
@@ -574,17 +574,14 @@ impl TaskService for TaskServiceImpl {
         let cursor = if req.page_token.is_empty() {
             None
         } else {
-            let parsed = req
-                .page_token
-                .split_once(':')
-                .and_then(|(s, id)| s.parse::<u64>().ok().map(|s| (s, id.to_owned())));
-            if parsed.is_none() {
+            let cursor = Cursor::new(req.page_token.clone());
+            if !cursor.is_valid_for(req.dead_letter) {
                 violations.push(FieldViolation::new(
                     "page_token",
                     "not a token returned by ListTasks",
                 ));
             }
-            parsed
+            Some(cursor)
         };
         if !violations.is_empty() {
             return Err(ServiceError::invalid_many(violations).into());
@@ -608,10 +605,7 @@ impl TaskService for TaskServiceImpl {
         Ok(Response::new(ListTasksResponse {
             total: page.tasks.len() as u32,
             tasks: page.tasks.iter().map(proto_task).collect(),
-            next_page_token: page
-                .next
-                .map(|(s, id)| format!("{s}:{id}"))
-                .unwrap_or_default(),
+            next_page_token: page.next.map(|c| c.token().to_owned()).unwrap_or_default(),
         }))
     }
 

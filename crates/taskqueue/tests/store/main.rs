@@ -655,3 +655,52 @@ async fn calls_fail_fast_while_redis_is_down_and_recover_by_themselves() {
         TaskState::Queued
     );
 }
+
+/// The listing index keeps one entry per submit call: pages continue inside a batch and across calls, newest
+/// first, and a token from elsewhere is refused.
+#[tokio::test]
+async fn listing_pages_through_batches_newest_first() {
+    let f = fixture().await;
+    let mut expected = Vec::new();
+    let batch: Vec<NewTask> = (0..25)
+        .map(|i| {
+            let mut t = NewTask::new("redline.noop", DEFAULT_QUEUE);
+            t.id = format!("batch-{i:02}");
+            t
+        })
+        .collect();
+    expected.extend(batch.iter().map(|t| t.id.clone()));
+    f.store.submit(&batch).await.unwrap();
+    for i in 0..5 {
+        let mut t = NewTask::new("redline.echo", DEFAULT_QUEUE);
+        t.id = format!("single-{i}");
+        expected.push(t.id.clone());
+        submit_one(&f.store, t).await;
+    }
+    expected.reverse();
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = f
+            .store
+            .list(&ListFilter::default(), 7, cursor)
+            .await
+            .unwrap();
+        pages += 1;
+        seen.extend(page.tasks.iter().map(|t| t.id.clone()));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+    assert!(pages >= 5, "{pages} pages of 7 for 30 tasks");
+
+    let bad = f
+        .store
+        .list(&ListFilter::default(), 7, Some(Cursor::new("17:abc")))
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)), "{bad:?}");
+}
