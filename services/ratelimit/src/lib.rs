@@ -202,6 +202,13 @@ pub async fn run(
         "rate-limit service starting"
     );
     let store = RedisStore::new(client.clone(), config.time_mode, config.timeout());
+    // The listener is already bound: callers that connect meanwhile wait in the backlog, and then get
+    // decisions from Redis rather than failure-mode answers from a client still connecting.
+    if !store.warm_up(Duration::from_secs(2)).await {
+        tracing::warn!(
+            "redis not reachable at start-up; limits follow their failure modes until it is"
+        );
+    }
     let limiter = Arc::new(Limiter::new(
         rules,
         config.config.clone(),

@@ -92,6 +92,21 @@ impl RedisStore {
         &self.client
     }
 
+    /// Waits (at most `within`) until the client is connected and the decision script is loaded, so the first
+    /// decisions after start-up come from Redis instead of spending their budget on the connection. False
+    /// when Redis did not answer in time; the service then starts anyway and the failure modes apply.
+    pub async fn warm_up(&self, within: Duration) -> bool {
+        let ready = async {
+            self.client.wait_for_connect().await.ok()?;
+            let client = self.client.with_options(&Options {
+                timeout: Some(within),
+                ..Options::default()
+            });
+            self.load(&client).await.ok()
+        };
+        matches!(tokio::time::timeout(within, ready).await, Ok(Some(_)))
+    }
+
     /// Whether Redis answers `PING` within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> bool {
         if !self.client.is_connected() {

@@ -285,3 +285,41 @@ async fn a_stalled_redis_costs_a_decision_at_most_the_timeout() {
     assert!(resumed, "decisions come from Redis again after it resumes");
     service.stop().await;
 }
+
+/// The very first decision after start-up comes from Redis: the service connects and loads its script before
+/// it serves, instead of answering the first callers from a failure mode while its client is still connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_decision_after_start_comes_from_redis() {
+    use clap::Parser as _;
+    let redis = Redis::start();
+    let config = redline_ratelimit::Config::try_parse_from([
+        "redline-ratelimit",
+        "--redis-url",
+        &redis.url(),
+        "--key-prefix",
+        "first:rl",
+    ])
+    .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(redline_ratelimit::run(config, listener, stop.clone()));
+    let mut client = pb::rate_limit_service_client::RateLimitServiceClient::connect(endpoint)
+        .await
+        .expect("connect");
+    // Default decision timeout (20 ms) and failure mode `error`: a decision not made by Redis is an error.
+    let first = client
+        .check(pb::CheckRequest {
+            key: "first-call".to_owned(),
+            limit_expression: "10 per minute".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("the first decision is made, not refused");
+    assert!(first.get_ref().allowed);
+    assert!(
+        !first.get_ref().degraded,
+        "decided by Redis, not a failure mode"
+    );
+    stop.cancel();
+}
