@@ -128,7 +128,9 @@ mod duration_ms {
     }
 }
 
-/// Default retry budget (Celery's `max_retries`).
+/// Default retry budget (Celery's `max_retries`). Task records don't store it, nor [`DEFAULT_TIME_LIMIT`],
+/// when a task uses it: most tasks do, and a queued task stays smaller. The scripts get the value through
+/// their prelude (`scripts.rs`).
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 /// Default time limit (the original's `time_limit=1800`).
 pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(1800);

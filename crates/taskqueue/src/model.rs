@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::catalog::{DEFAULT_MAX_RETRIES, DEFAULT_TIME_LIMIT};
+
 /// The lifecycle of a task.
 ///
 /// ```text
@@ -106,8 +108,8 @@ impl NewTask {
             kwargs: Value::Object(serde_json::Map::new()),
             queue: queue.into(),
             priority: 5,
-            max_retries: 3,
-            time_limit: Duration::from_secs(1800),
+            max_retries: DEFAULT_MAX_RETRIES,
+            time_limit: DEFAULT_TIME_LIMIT,
             countdown: None,
             eta_ms: None,
             idempotency_key: None,
@@ -196,8 +198,8 @@ impl TaskRecord {
             state,
             attempt: num("attempt").unwrap_or(0) as u32,
             retries: num("retries").unwrap_or(0) as u32,
-            max_retries: num("max_retries").unwrap_or(0) as u32,
-            time_limit: Duration::from_millis(num("limit").unwrap_or(0)),
+            max_retries: num("max_retries").map_or(DEFAULT_MAX_RETRIES, |n| n as u32),
+            time_limit: num("limit").map_or(DEFAULT_TIME_LIMIT, Duration::from_millis),
             eta_ms: num("eta"),
             idempotency_key: text("idem"),
             submitted_us: num("submitted").unwrap_or(0),

@@ -9,7 +9,12 @@ use fred::types::scripts::Script;
 const COMMON: &str = include_str!("scripts/common.lua");
 
 fn script(body: &str) -> Script {
-    Script::from_lua(format!("{COMMON}\n{body}"))
+    // The defaults records omit, defined once (in the model) for Rust and Lua alike.
+    let defaults = format!(
+        "local DEFAULT_MAX_RETRIES = {}\n",
+        crate::catalog::DEFAULT_MAX_RETRIES
+    );
+    Script::from_lua(format!("{defaults}{COMMON}\n{body}"))
 }
 
 /// All scripts, hashed once.

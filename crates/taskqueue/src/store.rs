@@ -10,6 +10,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use serde_json::Value as Json;
 
 use crate::StoreError;
+use crate::catalog::{DEFAULT_MAX_RETRIES, DEFAULT_TIME_LIMIT};
 use crate::connect::command_options;
 use crate::keys::{Keys, PRIORITIES};
 use crate::model::*;
@@ -192,8 +193,17 @@ impl TaskStore {
             }));
             args.push(t.queue.clone());
             args.push(t.priority.min(PRIORITIES - 1).to_string());
-            args.push(t.max_retries.to_string());
-            args.push(ms(t.time_limit));
+            // Defaults travel as "" and are not stored (see DEFAULT_MAX_RETRIES).
+            args.push(if t.max_retries == DEFAULT_MAX_RETRIES {
+                String::new()
+            } else {
+                t.max_retries.to_string()
+            });
+            args.push(if t.time_limit == DEFAULT_TIME_LIMIT {
+                String::new()
+            } else {
+                ms(t.time_limit)
+            });
             args.push(t.countdown.map(ms).unwrap_or_else(|| "0".to_owned()));
             args.push(t.eta_ms.unwrap_or(0).to_string());
             args.push(t.idempotency_key.clone().unwrap_or_default());
@@ -714,8 +724,10 @@ impl TaskStore {
                 kwargs: json_or_empty(text(&f[4]), Json::Object(serde_json::Map::new())),
                 attempt: int(&f[5]) as u32,
                 retries: text(&f[6]).parse().unwrap_or(0),
-                max_retries: text(&f[7]).parse().unwrap_or(0),
-                time_limit: Duration::from_millis(text(&f[8]).parse().unwrap_or(0)),
+                max_retries: text(&f[7]).parse().unwrap_or(DEFAULT_MAX_RETRIES),
+                time_limit: text(&f[8])
+                    .parse()
+                    .map_or(DEFAULT_TIME_LIMIT, Duration::from_millis),
                 traceparent: Some(text(&f[9])).filter(|s| !s.is_empty()),
                 queue: text(&f[10]),
                 submitted_us: text(&f[11]).parse().unwrap_or(0),

@@ -4,6 +4,8 @@
 -- "{redline}", so every key a script derives from a task or worker id is in the same slot as the keys it
 -- declares in KEYS.
 local NS = ARGV[1]
+-- DEFAULT_MAX_RETRIES is defined above this file by scripts.rs, from the Rust constant of the same name: a
+-- record without `max_retries` has that budget.
 
 -- Redis's clock, so every host agrees. Scheduling (due times, leases, index scores) uses milliseconds;
 -- the record's submitted/started/completed times are kept in microseconds for latency measurements.

@@ -34,7 +34,7 @@ for i = 0, n - 1 do
     redis.call('SREM', KEYS[1], id)
     redis.call('HINCRBY', sq, 'running', -1)
     redis.call('HDEL', key, 'cancel')
-    if kind == 'retry' and tonumber(r[6] or '0') >= tonumber(r[7] or '0') then
+    if kind == 'retry' and tonumber(r[6] or '0') >= tonumber(r[7] or DEFAULT_MAX_RETRIES) then
       kind = 'fail' -- the budget is checked here, against the record, not trusted from the worker
     end
     local state

@@ -3,7 +3,8 @@
 -- KEYS[1] {ns}:queues  SET of known queue names
 -- KEYS[2] {ns}:all     STREAM listing index: one entry per call, its fields the task ids in submission order
 -- ARGV[1] namespace prefix, ARGV[2] number of tasks, ARGV[3] index retention ms, then 13 fields per task:
---   id, task_name, args json ("" = []), kwargs json ("" = {}), queue, priority, max_retries, time_limit ms,
+--   id, task_name, args json ("" = []), kwargs json ("" = {}), queue, priority, max_retries ("" = default),
+--   time_limit ms ("" = default),
 --   countdown ms (0 = none), eta epoch ms (0 = none), idempotency key ("" = none), idempotency ttl s,
 --   traceparent ("" = none)
 -- Returns one flat array, three values per task: task_id, state, duplicate 0|1 (no table per task to build
@@ -53,8 +54,9 @@ for i = 0, n - 1 do
     if countdown > 0 then due = now + countdown end
     if eta > 0 then due = eta end
     -- Empty or default values are not stored: a queued no-op task must stay small in memory.
-    local fields = { 'name', name, 'queue', q, 'prio', prio, 'submitted', now_micros,
-      'max_retries', max_retries, 'limit', limit }
+    local fields = { 'name', name, 'queue', q, 'prio', prio, 'submitted', now_micros }
+    if max_retries ~= '' then fields[#fields + 1] = 'max_retries'; fields[#fields + 1] = max_retries end
+    if limit ~= '' then fields[#fields + 1] = 'limit'; fields[#fields + 1] = limit end
     if args ~= '' then fields[#fields + 1] = 'args'; fields[#fields + 1] = args end
     if kwargs ~= '' then fields[#fields + 1] = 'kwargs'; fields[#fields + 1] = kwargs end
     if trace ~= '' then fields[#fields + 1] = 'trace'; fields[#fields + 1] = trace end

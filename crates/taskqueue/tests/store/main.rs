@@ -9,7 +9,7 @@ use redline_taskqueue::*;
 use serde_json::json;
 
 struct Fixture {
-    _redis: RedisServer,
+    redis: RedisServer,
     store: TaskStore,
 }
 
@@ -18,10 +18,7 @@ async fn fixture_with(config: QueueConfig) -> Fixture {
     let client = connect::client(&redis.url(), &RedisOptions::default()).expect("client");
     client.wait_for_connect().await.expect("connect");
     let store = TaskStore::new(client, config);
-    Fixture {
-        _redis: redis,
-        store,
-    }
+    Fixture { redis, store }
 }
 
 async fn fixture() -> Fixture {
@@ -623,7 +620,7 @@ async fn stats_count_tasks_per_queue_and_the_oldest_age() {
 #[tokio::test]
 async fn calls_fail_fast_while_redis_is_down_and_recover_by_themselves() {
     let mut f = fixture().await;
-    f._redis.kill();
+    f.redis.kill();
     let start = std::time::Instant::now();
     let err = f
         .store
@@ -636,7 +633,7 @@ async fn calls_fail_fast_while_redis_is_down_and_recover_by_themselves() {
         "{:?}",
         start.elapsed()
     );
-    f._redis.restart();
+    f.redis.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         if f.store.ping().await.is_ok() {
@@ -703,4 +700,53 @@ async fn listing_pages_through_batches_newest_first() {
         .list(&ListFilter::default(), 7, Some(Cursor::new("17:abc")))
         .await;
     assert!(matches!(bad, Err(StoreError::BadCursor)), "{bad:?}");
+}
+
+/// A task on the default budget and time limit stores neither (a smaller record) and still gets both: the
+/// claim reports them and the budget is enforced in the completion script.
+#[tokio::test]
+async fn default_budget_and_limit_are_not_stored_but_enforced() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let t = NewTask::new("redline.fail", DEFAULT_QUEUE);
+    assert_eq!(t.max_retries, catalog::DEFAULT_MAX_RETRIES);
+    submit_one(&f.store, t.clone()).await;
+    let key = format!("{{redline}}:t:{}", t.id);
+    assert_eq!(f.redis.cli(&["HEXISTS", &key, "max_retries"]), "0");
+    assert_eq!(f.redis.cli(&["HEXISTS", &key, "limit"]), "0");
+    let rec = f.store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.max_retries, rec.time_limit),
+        (catalog::DEFAULT_MAX_RETRIES, catalog::DEFAULT_TIME_LIMIT)
+    );
+    let budget = catalog::DEFAULT_MAX_RETRIES + 1;
+    for attempt in 1..=budget {
+        let c = claim(&f.store, "w", 1).await;
+        assert_eq!(c.len(), 1, "attempt {attempt}");
+        assert_eq!(
+            (c[0].max_retries, c[0].time_limit),
+            (catalog::DEFAULT_MAX_RETRIES, catalog::DEFAULT_TIME_LIMIT)
+        );
+        let r = f
+            .store
+            .complete(
+                "w",
+                &[Completion {
+                    id: t.id.clone(),
+                    fence: c[0].fence,
+                    outcome: Outcome::Retry {
+                        error: format!("boom {attempt}"),
+                        delay: Duration::ZERO,
+                    },
+                }],
+            )
+            .await
+            .unwrap();
+        let expected = if attempt < budget {
+            TaskState::Scheduled
+        } else {
+            TaskState::Failed
+        };
+        assert_eq!(r, vec![Completed::Applied(expected)], "attempt {attempt}");
+    }
 }
