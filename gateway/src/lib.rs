@@ -52,8 +52,8 @@ pub struct AppState {
     pub health: HealthClient<Channel>,
     /// Rate limiter.
     pub limiter: Arc<ratelimit::RateLimiter>,
-    /// Set on SIGTERM: `/readyz` fails while requests are still served.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Cleared on SIGTERM: `/readyz` (here and on the admin port) fails while requests are still served.
+    pub serving: redline_runtime::admin::Readiness,
 }
 
 /// A lazily connected channel: the gateway starts (and answers 503) while a backend is still away.
@@ -80,7 +80,7 @@ impl AppState {
             tasks: TaskServiceClient::new(tasks_channel.clone()),
             health: HealthClient::new(tasks_channel),
             limiter,
-            draining: Arc::default(),
+            serving: redline_runtime::admin::Readiness::new(true),
         })
     }
 }
@@ -215,13 +215,8 @@ pub enum RunError {
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
     /// The admin port could not be opened.
-    #[error("admin port {addr}: {source}")]
-    Admin {
-        /// Requested address.
-        addr: SocketAddr,
-        /// Why binding failed.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Admin(#[from] redline_runtime::admin::AdminError),
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, then drains in-flight requests.
@@ -243,30 +238,21 @@ pub async fn run(
     let delay = config.shutdown_delay;
     let state = AppState::new(config)?;
     if let Some(addr) = admin {
-        // Ready while serving; the main port's /readyz is the probe that also checks TaskService.
-        let readiness = redline_runtime::admin::Readiness::default();
-        readiness.set(true);
-        let stop = shutdown.clone();
-        let flag = readiness.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            flag.set(false);
-        });
-        redline_runtime::admin::spawn(addr, readiness, None, CancellationToken::new())
-            .await
-            .map_err(|source| RunError::Admin { addr, source })?;
+        // Its /readyz follows the same flag as the main port's drain.
+        redline_runtime::admin::spawn(addr, state.serving.clone(), None, CancellationToken::new())
+            .await?;
     }
     // Small JSON responses: without TCP_NODELAY, Nagle's algorithm delays them behind delayed ACKs.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let draining = Arc::clone(&state.draining);
+    let serving = state.serving.clone();
     let stop_accepting = {
         let shutdown = shutdown.clone();
         async move {
             shutdown.cancelled().await;
             // Not ready at once, still serving for the delay: endpoints are removed after SIGTERM, not before.
-            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            serving.set(false);
             tokio::time::sleep(delay).await;
         }
     };

@@ -742,7 +742,7 @@ pub async fn healthz() -> Response {
 
 /// `/readyz`: TaskService answers and is ready.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if !state.serving.get() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not ready", "error": "shutting down"})),

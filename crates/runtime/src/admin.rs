@@ -41,6 +41,11 @@ pub type Collector = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + 
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
+    /// A flag starting at `ready`.
+    pub fn new(ready: bool) -> Self {
+        Self(Arc::new(AtomicBool::new(ready)))
+    }
+
     /// Sets the flag.
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
@@ -75,6 +80,17 @@ struct AdminState {
     collector: Option<Collector>,
 }
 
+/// The admin port could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("admin port {addr}: {source}")]
+pub struct AdminError {
+    /// Requested address.
+    pub addr: SocketAddr,
+    /// Why binding failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Binds the admin listener (a clear error when the address is taken), then serves it in the background until
 /// `shutdown` is cancelled.
 pub async fn spawn(
@@ -82,9 +98,10 @@ pub async fn spawn(
     readiness: Readiness,
     collector: Option<Collector>,
     shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+) -> Result<SocketAddr, AdminError> {
+    let error = |source| AdminError { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
     let handle = install_metrics();
     let state = AdminState {
         handle,

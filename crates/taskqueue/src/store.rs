@@ -290,6 +290,7 @@ impl TaskStore {
         cursor: Option<(String, usize)>,
     ) -> Result<ListPage, StoreError> {
         const ENTRIES: usize = 32;
+        let chunk = (limit * 2).max(100);
         let index = self.keys.all();
         let (mut end, mut resume) = match cursor {
             Some((entry, skip)) => (entry.clone(), Some((entry, skip))),
@@ -317,15 +318,26 @@ impl TaskStore {
             let Some(oldest) = entries.last().map(|(id, _)| id.clone()) else {
                 break;
             };
+            // Newest first, with each id's entry and position in it (for the cursor); records are then read in
+            // pipelines of `chunk` ids, not one round trip per entry (most entries hold a single id).
+            let mut page = Vec::new();
             for (entry, mut ids) in entries {
                 ids.reverse();
                 let skip = match &resume {
                     Some((e, skip)) if *e == entry => (*skip).min(ids.len()),
                     _ => 0,
                 };
-                let ids = &ids[skip..];
-                let records = self.get_many(ids).await?;
-                for (k, rec) in records.into_iter().enumerate() {
+                page.extend(
+                    ids.into_iter()
+                        .enumerate()
+                        .skip(skip)
+                        .map(|(k, id)| (id, entry.clone(), k + 1)),
+                );
+            }
+            for part in page.chunks(chunk) {
+                let ids: Vec<String> = part.iter().map(|(id, _, _)| id.clone()).collect();
+                let records = self.get_many(&ids).await?;
+                for ((_, entry, consumed), rec) in part.iter().zip(records) {
                     scanned += 1;
                     // Ids whose record expired or was cleaned up are skipped; the entry ages out.
                     if let Some(rec) = rec
@@ -333,7 +345,7 @@ impl TaskStore {
                     {
                         out.push(rec);
                         if out.len() == limit {
-                            let next = Some(Cursor(format!("{entry}/{}", skip + k + 1)));
+                            let next = Some(Cursor(format!("{entry}/{consumed}")));
                             return Ok(ListPage { tasks: out, next });
                         }
                     }

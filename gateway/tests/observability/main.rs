@@ -240,17 +240,9 @@ async fn metrics_describe_a_scripted_workload() {
 }
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+    let (status, page) = raw_get(addr.port(), "/metrics", &[]).await.expect("scrape");
+    assert_eq!(status, 200, "{page}");
+    page
 }
 
 /// `REDLINE_LOG_FORMAT=json` in the real binary: one JSON object per line, and a request's line names the
@@ -369,7 +361,7 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
             "gateway never answered"
         );
         let header = format!("00-{trace}-2222222222222222-01");
-        if let Ok(status) = raw_get(port, "/healthz", &[("traceparent", &header)]).await {
+        if let Ok((status, _)) = raw_get(port, "/healthz", &[("traceparent", &header)]).await {
             assert_eq!(status, 200);
             break;
         }
@@ -419,8 +411,12 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
     );
 }
 
-/// `GET path` on 127.0.0.1:`port` with extra headers; the status code.
-async fn raw_get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<u16> {
+/// `GET path` on 127.0.0.1:`port` with extra headers; the status code and the body.
+async fn raw_get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let extra: String = headers
@@ -433,7 +429,10 @@ async fn raw_get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Re
     .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
-    out.get(9..12)
+    let status = out
+        .get(9..12)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(out.clone()))
+        .ok_or_else(|| std::io::Error::other(out.clone()))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    Ok((status, body.unwrap_or_default()))
 }

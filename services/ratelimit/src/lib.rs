@@ -165,13 +165,8 @@ pub enum RunError {
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     /// The admin port could not be opened.
-    #[error("admin port {addr}: {source}")]
-    Admin {
-        /// Requested address.
-        addr: SocketAddr,
-        /// Why binding failed.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Admin(#[from] redline_runtime::admin::AdminError),
 }
 
 /// Health names probed by Kubernetes and clients.
@@ -225,9 +220,7 @@ pub async fn run(
     let tasks = shutdown.child_token();
     let readiness = redline_runtime::admin::Readiness::default();
     if let Some(addr) = config.metrics_listen {
-        redline_runtime::admin::spawn(addr, readiness.clone(), None, tasks.clone())
-            .await
-            .map_err(|source| RunError::Admin { addr, source })?;
+        redline_runtime::admin::spawn(addr, readiness.clone(), None, tasks.clone()).await?;
     }
     tokio::spawn(probe_redis(
         store,

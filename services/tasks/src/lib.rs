@@ -53,13 +53,8 @@ pub enum ServeError {
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     /// The admin port could not be opened.
-    #[error("admin port {addr}: {source}")]
-    Admin {
-        /// Requested address.
-        addr: std::net::SocketAddr,
-        /// Why binding failed.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Admin(#[from] redline_runtime::admin::AdminError),
 }
 
 /// Health service names: `liveness` never depends on Redis (a Redis outage must not restart every pod);
@@ -120,8 +115,7 @@ pub async fn run(
             Some(queue_metrics::collector(store.clone())),
             background.clone(),
         )
-        .await
-        .map_err(|source| ServeError::Admin { addr, source })?;
+        .await?;
     }
     tokio::spawn(track_readiness(
         store.clone(),

@@ -63,13 +63,8 @@ pub enum StartError {
     #[error(transparent)]
     Eviction(#[from] connect::EvictionPolicyError),
     /// The admin port could not be opened.
-    #[error("admin port {addr}: {source}")]
-    Admin {
-        /// Requested address.
-        addr: std::net::SocketAddr,
-        /// Why binding failed.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Admin(#[from] redline_runtime::admin::AdminError),
 }
 
 /// Connects to Redis and runs a worker with `registry` until `shutdown`, then drains.
@@ -108,8 +103,7 @@ pub async fn run(
             None,
             CancellationToken::new(),
         )
-        .await
-        .map_err(|source| StartError::Admin { addr, source })?;
+        .await?;
     }
     tracing::info!(
         worker_id = %settings.worker_id,
