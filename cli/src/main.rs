@@ -1,5 +1,9 @@
 //! The `redline` command: `redline up` runs the whole suite locally; the other commands talk to it.
 
+/// Every binary allocates through mimalloc: see the workspace manifest for why.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod client;
 mod up;
@@ -98,7 +102,7 @@ enum Service {
     /// RateLimitService (same flags as redline-ratelimit).
     Ratelimit(redline_ratelimit::Config),
     /// The REST gateway (same flags as redline-gateway).
-    Gateway(redline_gateway::config::Args),
+    Gateway(Box<redline_gateway::config::Args>),
 }
 
 #[tokio::main]
@@ -197,7 +201,7 @@ async fn serve(service: Service) -> Result<(), Failure> {
         }
         Service::Gateway(args) => {
             let config =
-                redline_gateway::Config::from_args(args, &ProcessEnv).map_err(Failure::Usage)?;
+                redline_gateway::Config::from_args(*args, &ProcessEnv).map_err(Failure::Usage)?;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             redline_gateway::run(config, listener, shutdown).await?;
         }

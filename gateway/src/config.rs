@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser};
+use ipnet::IpNet;
 use redline_ratelimit::limits::{LimitDef, parse_flask_limits};
 use redline_runtime::{ConfigErrors, Env};
 
@@ -49,18 +50,27 @@ pub struct Args {
         value_delimiter = '|'
     )]
     pub route_limits: Vec<String>,
+    /// YAML file of limits: `default: "200 per day; 50 per hour"` and `routes: {"POST /tasks/submit": "10 per
+    /// minute"}`; `--default-limits` and `--route-limit` override its entries.
+    #[arg(long, env = "REDLINE_GATEWAY_LIMITS_FILE")]
+    pub limits_file: Option<PathBuf>,
     /// What to do when RateLimitService is unreachable: `local` (in-process limiter), `open` or `closed` [default: local].
     #[arg(long, env = "REDLINE_GATEWAY_RATELIMIT_FAILURE_MODE")]
     pub ratelimit_failure_mode: Option<String>,
     /// `X-RateLimit-Reset` as `epoch` seconds (Flask-Limiter) or `delta` seconds [default: epoch].
     #[arg(long, env = "REDLINE_GATEWAY_RESET_HEADER")]
     pub reset_header: Option<String>,
-    /// Peers whose `X-Forwarded-For` is honoured (IP addresses, comma separated).
+    /// Peers whose `X-Forwarded-For` is honoured: IP addresses or CIDR ranges such as `10.0.0.0/8`, comma
+    /// separated.
     #[arg(long, env = "REDLINE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
     /// File of API keys, one per line; when set (or REDLINE_GATEWAY_API_KEYS is), /tasks requires a key.
     #[arg(long, env = "REDLINE_GATEWAY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// HTTP/2 connections to each backend, used in turn [default: 1]. Behind a Kubernetes ClusterIP Service,
+    /// which balances connections rather than calls, several spread the calls over the backend's pods.
+    #[arg(long, env = "REDLINE_GATEWAY_BACKEND_CONNECTIONS")]
+    pub backend_connections: Option<String>,
     /// Deadline of each TaskService call [default: 800ms].
     #[arg(long, env = "REDLINE_GATEWAY_GRPC_TIMEOUT")]
     pub grpc_timeout: Option<String>,
@@ -111,9 +121,11 @@ pub struct Config {
     /// `X-RateLimit-Reset` as delta seconds instead of epoch seconds.
     pub reset_delta: bool,
     /// Peers allowed to set `X-Forwarded-For`.
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<IpNet>,
     /// Accepted API keys; empty means no authentication.
     pub api_keys: Vec<String>,
+    /// HTTP/2 connections to each backend.
+    pub backend_connections: usize,
     /// Deadline of TaskService calls.
     pub grpc_timeout: Duration,
     /// Deadline of RateLimitService checks.
@@ -124,6 +136,24 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// Drain deadline.
     pub shutdown_grace: Duration,
+}
+
+/// The `--limits-file` document.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    /// Limits of routes without their own.
+    default: Option<String>,
+    /// `"METHOD /path"` → limits.
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+}
+
+impl LimitsFile {
+    fn read(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())
+    }
 }
 
 fn parse_limits(text: &str) -> Result<Vec<LimitDef>, String> {
@@ -159,31 +189,54 @@ impl Config {
         {
             errors.push(format!("--ratelimit-url: '{u}' is not a URL"));
         }
-        let default_text = args
-            .default_limits
-            .unwrap_or_else(|| "200 per day; 50 per hour".to_owned());
-        let default_limits = parse_limits(&default_text).unwrap_or_else(|e| {
-            errors.push(format!("--default-limits: {e}"));
+        // Limits in order of precedence: built-in defaults, then the file, then flags and environment.
+        let mut default_text = ("default", "200 per day; 50 per hour".to_owned());
+        let mut route_texts: Vec<(String, String, String)> = Vec::new();
+        if let Some(path) = &args.limits_file {
+            match LimitsFile::read(path) {
+                Ok(file) => {
+                    let source = format!("--limits-file {}", path.display());
+                    if let Some(text) = file.default {
+                        default_text = ("--limits-file default", text);
+                    }
+                    route_texts.extend(
+                        file.routes
+                            .into_iter()
+                            .map(|(route, text)| (source.clone(), route, text)),
+                    );
+                }
+                Err(e) => errors.push(format!("--limits-file {}: {e}", path.display())),
+            }
+        }
+        if let Some(text) = args.default_limits {
+            default_text = ("--default-limits", text);
+        }
+        let default_limits = parse_limits(&default_text.1).unwrap_or_else(|e| {
+            errors.push(format!("{}: {e}", default_text.0));
             Vec::new()
         });
-        let mut route_limits = BTreeMap::new();
         for item in &args.route_limits {
-            let Some((route, text)) = item.split_once('=') else {
-                errors.push(format!(
+            match item.split_once('=') {
+                Some((route, text)) => {
+                    route_texts.push(("--route-limit".into(), route.into(), text.into()));
+                }
+                None => errors.push(format!(
                     "--route-limit: '{item}' is not \"METHOD /path=LIMITS\""
-                ));
-                continue;
-            };
+                )),
+            }
+        }
+        let mut route_limits = BTreeMap::new();
+        for (source, route, text) in route_texts {
             let route = route.trim();
             if !ROUTES.iter().any(|r| r.key() == route) {
-                errors.push(format!("--route-limit: unknown route '{route}'"));
+                errors.push(format!("{source}: unknown route '{route}'"));
                 continue;
             }
-            match parse_limits(text) {
+            match parse_limits(&text) {
                 Ok(l) => {
                     route_limits.insert(route.to_owned(), l);
                 }
-                Err(e) => errors.push(format!("--route-limit {route}: {e}")),
+                Err(e) => errors.push(format!("{source} {route}: {e}")),
             }
         }
         let failure_mode = match args.ratelimit_failure_mode.as_deref() {
@@ -212,9 +265,12 @@ impl Config {
             .map(|p| p.trim())
             .filter(|p| !p.is_empty())
         {
-            match p.parse() {
-                Ok(ip) => trusted_proxies.push(ip),
-                Err(_) => errors.push(format!("--trusted-proxies: '{p}' is not an IP address")),
+            match (p.parse::<IpNet>(), p.parse::<IpAddr>()) {
+                (Ok(net), _) => trusted_proxies.push(net.trunc()),
+                (_, Ok(ip)) => trusted_proxies.push(IpNet::from(ip)),
+                _ => errors.push(format!(
+                    "--trusted-proxies: '{p}' is neither an IP address nor a CIDR range"
+                )),
             }
         }
         let mut api_keys: Vec<String> = env
@@ -260,6 +316,14 @@ impl Config {
                 1 << 20
             }
         };
+        let backend_connections = match args.backend_connections.as_deref().map(str::parse) {
+            None => 1,
+            Some(Ok(n)) if (1..=64).contains(&n) => n,
+            Some(_) => {
+                errors.push("--backend-connections: must be a number from 1 to 64");
+                1
+            }
+        };
         errors.finish(Self {
             listen,
             metrics_listen,
@@ -271,6 +335,7 @@ impl Config {
             reset_delta,
             trusted_proxies,
             api_keys,
+            backend_connections,
             grpc_timeout,
             ratelimit_timeout,
             max_body,
@@ -315,6 +380,89 @@ mod tests {
                 .err()
                 .map(|e| e.0.len()),
             Some(5)
+        );
+    }
+
+    #[test]
+    fn limits_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("limits.yaml");
+        let write = |text: &str| std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        write(
+            "default: 1000 per day\nroutes:\n  POST /tasks/submit: 10 per minute\n  GET /tasks/list: 5/second\n",
+        );
+        let args = Args {
+            limits_file: Some(path.clone()),
+            route_limits: vec!["GET /tasks/list=7 per hour".into()],
+            ..Args::default()
+        };
+        let c = Config::from_args(args.clone(), &HashMap::new()).map_err(|e| e.to_string());
+        let Ok(c) = c else { panic!("{c:?}") };
+        let window = |route: &str| {
+            c.limits_for(route)
+                .iter()
+                .map(|l| (l.limit, l.window_ms))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(window("POST /tasks/submit"), vec![(10, 60_000)]);
+        // A flag overrides the file's entry for the same route.
+        assert_eq!(window("GET /tasks/list"), vec![(7, 3_600_000)]);
+        // The file's default replaces the built-in one.
+        assert_eq!(
+            window("GET /tasks/status/{task_id}"),
+            vec![(1000, 86_400_000)]
+        );
+
+        // Every problem of the file is reported, with the file's name.
+        write("routes:\n  GET /nope: 1 per day\n  POST /tasks/submit: often\n");
+        let errors = Config::from_args(args.clone(), &HashMap::new())
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors.iter().all(|e| e.contains("limits.yaml")),
+            "{errors:?}"
+        );
+        write("defaults: 1 per day\n");
+        let errors = Config::from_args(args, &HashMap::new())
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(
+            errors.iter().any(|e| e.contains("unknown field")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_ranges() {
+        let args = Args {
+            trusted_proxies: vec!["10.0.0.0/8".into(), "192.168.1.7".into(), "fd00::/8".into()],
+            ..Args::default()
+        };
+        let c = Config::from_args(args, &HashMap::new()).map_err(|e| e.to_string());
+        assert_eq!(
+            c.map(|c| c
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()),
+            Ok(vec![
+                "10.0.0.0/8".into(),
+                "192.168.1.7/32".into(),
+                "fd00::/8".into()
+            ])
+        );
+        let args = Args {
+            trusted_proxies: vec!["10.0.0.0/33".into(), "proxy.local".into()],
+            ..Args::default()
+        };
+        assert_eq!(
+            Config::from_args(args, &HashMap::new())
+                .err()
+                .map(|e| e.0.len()),
+            Some(2)
         );
     }
 

@@ -23,6 +23,7 @@ pub mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -31,7 +32,6 @@ use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
-use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
 use redline_proto::tasks::task_service_client::TaskServiceClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,42 +46,76 @@ pub use config::{Args, Config};
 pub struct AppState {
     /// Validated configuration.
     pub config: Arc<Config>,
-    /// TaskService client.
-    pub tasks: TaskServiceClient<Channel>,
-    /// TaskService's health client.
-    pub health: HealthClient<Channel>,
+    /// TaskService connections.
+    pub tasks: Backend,
     /// Rate limiter.
     pub limiter: Arc<ratelimit::RateLimiter>,
     /// Cleared on SIGTERM: `/readyz` (here and on the admin port) fails while requests are still served.
     pub serving: redline_runtime::admin::Readiness,
 }
 
-/// A lazily connected channel: the gateway starts (and answers 503) while a backend is still away.
-fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+/// A few HTTP/2 connections to one backend, taken in turn by successive calls.
+///
+/// One connection is one TCP stream: behind a Kubernetes ClusterIP Service it reaches a single pod. Several
+/// connections spread the calls over the backend's pods. On one host, one connection is cheapest: every
+/// extra connection adds a connection task and its wake-ups. Each connects lazily, so the gateway starts (and answers 503) while a backend is still away,
+/// and a broken one reconnects by itself.
+#[derive(Clone)]
+pub struct Backend {
+    channels: Arc<[Channel]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    /// `connections` lazily connected channels to `url`.
+    pub fn new(url: &str, connections: usize) -> Result<Self, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channels: Vec<Channel> = (0..connections.max(1))
+            .map(|_| endpoint.connect_lazy())
+            .collect();
+        Ok(Self {
+            channels: channels.into(),
+            next: Arc::default(),
+        })
+    }
+
+    /// The channel for the next call.
+    pub fn channel(&self) -> Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
+    }
 }
 
 impl AppState {
     /// Builds clients for the configured backends (no connection is made yet).
     pub fn new(config: Config) -> Result<Self, tonic::transport::Error> {
-        let tasks_channel = channel(&config.tasks_url)?;
+        let connections = config.backend_connections;
+        let tasks = Backend::new(&config.tasks_url, connections)?;
         let rls = match &config.ratelimit_url {
-            Some(u) => Some(RateLimitServiceClient::new(channel(u)?)),
+            Some(u) => Some(Backend::new(u, connections)?),
             None => None,
         };
         let limiter = Arc::new(ratelimit::RateLimiter::new(rls, &config));
         Ok(Self {
             config: Arc::new(config),
-            tasks: TaskServiceClient::new(tasks_channel.clone()),
-            health: HealthClient::new(tasks_channel),
+            tasks,
             limiter,
             serving: redline_runtime::admin::Readiness::new(true),
         })
+    }
+
+    /// A TaskService client on the next connection.
+    pub fn tasks(&self) -> TaskServiceClient<Channel> {
+        TaskServiceClient::new(self.tasks.channel())
+    }
+
+    /// TaskService's health client on the next connection.
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.tasks.channel())
     }
 }
 
@@ -281,6 +315,40 @@ mod tests {
     use http_body_util::BodyExt;
     use std::collections::HashMap;
     use tower::ServiceExt;
+
+    /// Calls take the backend's connections in turn: with three, three calls open three TCP connections
+    /// (what lets a ClusterIP Service spread them over pods), and further calls reuse them.
+    #[tokio::test]
+    async fn backend_calls_take_the_connections_in_turn() {
+        use std::sync::atomic::AtomicUsize;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let incoming = futures::stream::unfold(
+            (listener, accepted.clone()),
+            |(listener, accepted)| async move {
+                let conn = listener.accept().await.map(|(stream, _)| stream);
+                accepted.fetch_add(1, Ordering::SeqCst);
+                Some((conn, (listener, accepted)))
+            },
+        );
+        let (_health, service) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        let backend = Backend::new(&format!("http://{addr}"), 3).unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..9 {
+            let reply = HealthClient::new(backend.channel())
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await;
+            assert!(reply.is_ok(), "{reply:?}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
 
     /// An app whose backends are never reached: routing and body checks happen before any call.
     fn offline_app() -> Router {

@@ -1,5 +1,9 @@
 //! `redline-gateway`: parse configuration, serve until a signal.
 
+/// Every binary allocates through mimalloc: see the workspace manifest for why.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use redline_gateway::config::Cli;
 use redline_runtime::{EXIT_USAGE, ProcessEnv, shutdown_on_signal};

@@ -10,12 +10,12 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
 use redline_proto::redline::ratelimit::v1 as pb;
 use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
 use redline_ratelimit::limits::LimitDef;
 use serde_json::json;
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 use crate::AppState;
 use crate::config::{Config, FailureMode};
@@ -68,7 +68,7 @@ pub fn limit_text(limit: u64, window_ms: u64) -> String {
 
 /// The limiter shared by all requests.
 pub struct RateLimiter {
-    client: Option<RateLimitServiceClient<Channel>>,
+    client: Option<crate::Backend>,
     timeout: Duration,
     failure_mode: FailureMode,
     /// Fixed windows kept in process while RateLimitService is away: key → (window start, count).
@@ -105,7 +105,7 @@ fn escape(s: &str) -> String {
 
 impl RateLimiter {
     /// A limiter calling `client`; `None` disables rate limiting.
-    pub fn new(client: Option<RateLimitServiceClient<Channel>>, config: &Config) -> Self {
+    pub fn new(client: Option<crate::Backend>, config: &Config) -> Self {
         Self {
             client,
             timeout: config.ratelimit_timeout,
@@ -146,10 +146,10 @@ impl RateLimiter {
             limits: specs,
             ..Default::default()
         };
-        let rls = rls.clone();
         let timeout = self.timeout;
+        // Each attempt takes the next connection: a retry after a broken one goes elsewhere.
         let attempt = |message: pb::CheckRequest| {
-            let mut rls = rls.clone();
+            let mut rls = RateLimitServiceClient::new(rls.channel());
             let mut request = tonic::Request::new(message);
             request.set_timeout(timeout);
             async move { rls.check(request).await }
@@ -255,21 +255,23 @@ impl RateLimiter {
 
 /// The client a request is counted for: its API key when it sent one, else its IP, taking `X-Forwarded-For`
 /// only from a trusted proxy.
-pub fn client_id(headers: &HeaderMap, peer: Option<SocketAddr>, trusted: &[IpAddr]) -> String {
+pub fn client_id(headers: &HeaderMap, peer: Option<SocketAddr>, trusted: &[IpNet]) -> String {
     if let Some(key) = crate::auth::presented_key(headers) {
         return format!("key:{}", fingerprint(key));
     }
     let Some(peer) = peer else {
         return "ip:unknown".to_owned();
     };
-    let mut ip = peer.ip();
-    if trusted.contains(&ip)
+    // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`; compare and count them as IPv4.
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut ip = peer.ip().to_canonical();
+    if is_trusted(&ip)
         && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
     {
         // Walk from the nearest hop; the first address not of a trusted proxy is the client.
         for hop in xff.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(h) if trusted.contains(&h) => ip = h,
+            match hop.trim().parse::<IpAddr>().map(|h| h.to_canonical()) {
+                Ok(h) if is_trusted(&h) => ip = h,
                 Ok(h) => {
                     ip = h;
                     break;
@@ -431,12 +433,35 @@ mod tests {
             HeaderValue::from_static("1.2.3.4, 10.0.0.2"),
         );
         let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap_or_else(|_| unreachable!());
-        let trusted: Vec<IpAddr> = vec![
-            "10.0.0.1".parse().unwrap_or_else(|_| unreachable!()),
-            "10.0.0.2".parse().unwrap_or_else(|_| unreachable!()),
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.1/32".parse().unwrap_or_else(|_| unreachable!()),
+            "10.0.0.2/32".parse().unwrap_or_else(|_| unreachable!()),
         ];
         assert_eq!(client_id(&h, Some(proxy), &trusted), "ip:1.2.3.4");
         assert_eq!(client_id(&h, Some(proxy), &[]), "ip:10.0.0.1");
+    }
+
+    #[test]
+    fn trusted_proxies_as_cidr_ranges() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 10.1.2.3, 10.200.0.7"),
+        );
+        let pods: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!())];
+        // Every hop inside 10.0.0.0/8 is a proxy; the first address outside it is the client.
+        let proxy: SocketAddr = "10.9.9.9:443".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(client_id(&h, Some(proxy), &pods), "ip:203.0.113.9");
+        // The same proxy seen through a dual-stack listener.
+        let mapped: SocketAddr = "[::ffff:10.9.9.9]:443"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        assert_eq!(client_id(&h, Some(mapped), &pods), "ip:203.0.113.9");
+        // A peer outside the range cannot choose its own client address.
+        let outsider: SocketAddr = "198.51.100.1:443"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        assert_eq!(client_id(&h, Some(outsider), &pods), "ip:198.51.100.1");
     }
 
     #[test]

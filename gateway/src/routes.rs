@@ -1,13 +1,16 @@
 //! The REST surface: the original REDLINE /tasks routes, translated into TaskService calls.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use futures::StreamExt;
 use redline_proto::tasks as pb;
 use serde_json::{Map, Value, json};
 use tonic_health::pb::HealthCheckRequest;
@@ -156,6 +159,50 @@ fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Most bytes of an oversized body read and discarded before answering 413.
+const DRAIN_LIMIT: usize = 16 << 20;
+/// Longest time spent discarding an oversized body.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads a body of at most `max` bytes.
+///
+/// An oversized body is still read to its end (up to [`DRAIN_LIMIT`] and [`DRAIN_TIME`]) before the 413 goes
+/// out. Closing the connection with the client's bytes unread makes the kernel answer with a reset, and a
+/// client still sending would see "connection reset" instead of the 413 and its JSON body.
+async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let unreadable = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            tonic::Code::InvalidArgument,
+            "Request body could not be read",
+        )
+    };
+    let mut body = body.into_data_stream();
+    let mut kept = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| unreadable())?;
+        if kept.len() + chunk.len() > max {
+            let mut seen = kept.len() + chunk.len();
+            let drain = async {
+                while seen <= DRAIN_LIMIT {
+                    match body.next().await {
+                        Some(Ok(chunk)) => seen += chunk.len(),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                tonic::Code::InvalidArgument,
+                format!("Request body is larger than {max} bytes"),
+            ));
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(kept))
+}
+
 /// Reads a JSON object body. An empty body without a content type is `{}` (the optional-body routes); any
 /// other content type is 415; bytes that are not a JSON object are 400; more than the limit is 413.
 async fn json_object(
@@ -163,18 +210,7 @@ async fn json_object(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Map<String, Value>, ApiError> {
-    let bytes = axum::body::to_bytes(body, state.config.max_body)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                tonic::Code::InvalidArgument,
-                format!(
-                    "Request body is larger than {} bytes",
-                    state.config.max_body
-                ),
-            )
-        })?;
+    let bytes = read_body(body, state.config.max_body).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or(""));
@@ -269,7 +305,7 @@ async fn submit_task(
     priority: Option<u32>,
     message: String,
 ) -> ApiResult {
-    let mut tasks = state.tasks.clone();
+    let mut tasks = state.tasks();
     let resp = tasks
         .submit_task(call(
             state,
@@ -511,7 +547,7 @@ pub fn task_json(t: &pb::Task) -> Value {
 }
 
 async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult {
-    let mut tasks = state.tasks.clone();
+    let mut tasks = state.tasks();
     let resp = tasks
         .get_task(call(&state, pb::GetTaskRequest { task_id }))
         .await
@@ -524,7 +560,7 @@ async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> A
 /// `{"result": ...}` as the original; a failed or cancelled task adds `status` and `error` beside a null
 /// result instead of the original's 500.
 async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult {
-    let mut tasks = state.tasks.clone();
+    let mut tasks = state.tasks();
     let r = tasks
         .get_task_result(call(&state, pb::GetTaskResultRequest { task_id }))
         .await
@@ -548,7 +584,7 @@ async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> A
 }
 
 async fn cancel(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult {
-    let mut tasks = state.tasks.clone();
+    let mut tasks = state.tasks();
     tasks
         .cancel_task(call(
             &state,
@@ -576,7 +612,7 @@ async fn list(
             .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 1000"))?,
     };
     let filter = query.get("status").filter(|s| !s.is_empty()).cloned();
-    let mut tasks = state.tasks.clone();
+    let mut tasks = state.tasks();
     let r = tasks
         .list_tasks(call(
             &state,
@@ -630,8 +666,8 @@ fn stats_json(s: &pb::GetQueueStatsResponse, workers: &[pb::Worker]) -> Value {
 async fn stats_and_workers(
     state: &AppState,
 ) -> Result<(pb::GetQueueStatsResponse, Vec<pb::Worker>), tonic::Status> {
-    let mut a = state.tasks.clone();
-    let mut b = state.tasks.clone();
+    let mut a = state.tasks();
+    let mut b = state.tasks();
     let (s, w) = tokio::join!(
         a.get_queue_stats(call(state, pb::GetQueueStatsRequest {})),
         b.list_workers(call(state, pb::ListWorkersRequest {})),
@@ -648,7 +684,7 @@ async fn queue_stats(State(state): State<AppState>) -> ApiResult {
 
 /// TaskService's readiness (which follows its Redis). `Err` when TaskService cannot be reached.
 pub async fn tasks_ready(state: &AppState) -> Result<bool, tonic::Status> {
-    let mut h = state.health.clone();
+    let mut h = state.health();
     let r = h
         .check(call(
             state,
@@ -724,7 +760,7 @@ async fn cleanup(State(state): State<AppState>, headers: HeaderMap, body: Body) 
             .and_then(|d| u32::try_from(d).ok())
             .ok_or_else(|| ApiError::bad_request("days must be a non-negative integer"))?,
     };
-    let mut tasks = state.tasks.clone();
+    let mut tasks = state.tasks();
     tasks
         .cleanup_tasks(call(&state, pb::CleanupTasksRequest { days: Some(days) }))
         .await

@@ -617,6 +617,116 @@ async fn api_keys() {
     assert_eq!(suite.get("/openapi.json").await.status, StatusCode::OK);
 }
 
+/// A client still sending an oversized body gets the 413 and its JSON, not a connection reset: the gateway
+/// reads the rest of the body before answering (without that, the kernel resets the connection while the
+/// client's bytes are unread, and the answer is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_gets_413_while_the_client_is_still_sending() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let suite = Suite::start(args()).await;
+    let body = format!("{{\"task_name\": \"{}\"}}", "x".repeat(3 << 20));
+    let mut stream = tokio::net::TcpStream::connect(suite.gw_addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /tasks/submit HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let (first, rest) = body.as_bytes().split_at(3 << 19);
+    stream.write_all(first).await.expect("first part");
+    // The gateway has seen more than its 1 MiB limit by now, and has decided.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+        .write_all(rest)
+        .await
+        .expect("the gateway still reads the body");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "reading the answer failed: {read:?} after {answer:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("\"error\":\"Request body is larger than 1048576 bytes\""),
+        "{answer}"
+    );
+}
+
+/// Every route's real success body, and the error body, fit the response schemas of `/openapi.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_response_schemas_describe_the_bodies() {
+    let suite = Suite::start(args()).await;
+    suite.wait_healthy().await;
+    let doc = suite.get("/openapi.json").await.body;
+    let check = |method: &str, route: &str, status: u16, body: &Value| {
+        let schema = &doc["paths"][route][method]["responses"][status.to_string()]["content"]["application/json"]
+            ["schema"];
+        assert!(
+            !schema.is_null(),
+            "{method} {route} documents no {status} body"
+        );
+        let problems = fixture::schema_mismatches(&doc, schema, body, "$");
+        assert!(
+            problems.is_empty(),
+            "{method} {route} {status}: {problems:#?}\n{body}"
+        );
+    };
+    let submitted = suite
+        .post(
+            "/tasks/submit",
+            json!({"task_name": "redline.echo", "kwargs": {"ticker": "AAPL"}}),
+        )
+        .await;
+    check("post", "/tasks/submit", 200, &submitted.body);
+    let id = submitted.body["task_id"]
+        .as_str()
+        .expect("task_id")
+        .to_owned();
+    let done = suite.wait_status(&id, &["SUCCESS"]).await;
+    check("get", "/tasks/status/{task_id}", 200, &done);
+    let r = suite.get(&format!("/tasks/result/{id}")).await;
+    check("get", "/tasks/result/{task_id}", 200, &r.body);
+    let r = suite.get("/tasks/list?limit=5").await;
+    assert!(
+        r.body["total"].as_u64().is_some_and(|n| n >= 1),
+        "{}",
+        r.body
+    );
+    check("get", "/tasks/list", 200, &r.body);
+    let r = suite.get("/tasks/queue/stats").await;
+    check("get", "/tasks/queue/stats", 200, &r.body);
+    let r = suite.get("/tasks/health").await;
+    check("get", "/tasks/health", 200, &r.body);
+    let later = suite
+        .post(
+            "/tasks/submit",
+            json!({"task_name": "redline.sleep", "kwargs": {"seconds": 30}}),
+        )
+        .await;
+    let later = later.body["task_id"].as_str().expect("task_id").to_owned();
+    let r = suite
+        .post(&format!("/tasks/cancel/{later}"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    check("post", "/tasks/cancel/{task_id}", 200, &r.body);
+    let r = suite.post("/tasks/cleanup", json!({"days": 1})).await;
+    check("post", "/tasks/cleanup", 200, &r.body);
+    let r = suite.get("/tasks/status/no-such-task").await;
+    check("get", "/tasks/status/{task_id}", 404, &r.body);
+    // The checker itself refuses a body that strays from the schema.
+    let mut wrong = done.clone();
+    wrong["priority"] = json!("high");
+    wrong["colour"] = json!("red");
+    let schema = json!({"$ref": "#/components/schemas/Task"});
+    assert_eq!(
+        fixture::schema_mismatches(&doc, &schema, &wrong, "$").len(),
+        2
+    );
+}
+
 /// The OpenAPI document lists exactly the served routes, and every annotated RPC is served at its path and
 /// method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

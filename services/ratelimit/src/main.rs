@@ -1,5 +1,9 @@
 //! `redline-ratelimit`: wiring only (tracing → config → bind → run until a signal).
 
+/// Every binary allocates through mimalloc: see the workspace manifest for why.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use redline_ratelimit::Config;
 use redline_runtime::{EXIT_USAGE, shutdown_on_signal};

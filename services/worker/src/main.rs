@@ -1,5 +1,9 @@
 //! `redline-worker`: runs redline background tasks.
 
+/// Every binary allocates through mimalloc: see the workspace manifest for why.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use redline_runtime::{EXIT_USAGE, ProcessEnv};
 use redline_worker::config::{Args, Config};
