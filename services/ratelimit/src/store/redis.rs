@@ -1,5 +1,6 @@
 //! The shared store: one `EVALSHA` of [`scripts::DECIDE`] per decision.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fred::prelude::*;
@@ -131,10 +132,67 @@ impl RedisStore {
         }
     }
 
+    /// Decides a batch: one script call on a single Redis, or on a cluster when the batch's keys share a slot
+    /// (always, for the limits of one client: see [`super::keys`]); else one call per slot in two phases.
+    ///
+    /// Across slots no single script sees every counter, so the batch is first run as a dry run in each slot;
+    /// only when every slot admits it is it run for real. A refusal in the dry run consumes nothing anywhere,
+    /// as in one slot. The bound this leaves: a concurrent request may take the last units of one slot
+    /// between the two phases; the second phase then refuses in that slot after the other slots consumed.
     async fn run(&self, items: &[BatchItem], apply: Apply) -> Result<BatchOutcome, StoreError> {
         if !self.client.is_connected() {
             return Err(StoreError::Unavailable("not connected".to_owned()));
         }
+        if !self.client.is_clustered() {
+            return self.run_in_slot(items, apply).await;
+        }
+        let mut slots: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let slot = fred::util::redis_keyslot(item.key.as_bytes());
+            slots.entry(slot).or_default().push(i);
+        }
+        if slots.len() <= 1 {
+            return self.run_in_slot(items, apply).await;
+        }
+        let groups: Vec<Vec<BatchItem>> = slots
+            .values()
+            .map(|group| group.iter().map(|&i| items[i].clone()).collect())
+            .collect();
+        let phase = |apply: Apply| {
+            futures::future::try_join_all(groups.iter().map(|g| self.run_in_slot(g, apply)))
+        };
+        let mut outcomes = phase(Apply::DryRun).await?;
+        let admitted = outcomes.iter().all(|o| o.allowed);
+        if admitted && apply == Apply::Consume {
+            outcomes = phase(Apply::Consume).await?;
+        } else if !admitted {
+            // Refused: the slots that admitted reported their cost as consumed; nothing was.
+            for (group, outcome) in groups.iter().zip(&mut outcomes) {
+                if outcome.allowed {
+                    for (item, verdict) in group.iter().zip(&mut outcome.verdicts) {
+                        verdict.remaining = (verdict.remaining + item.cost).min(item.limit);
+                    }
+                }
+            }
+        }
+        let mut verdicts = vec![Verdict::default(); items.len()];
+        for (indices, outcome) in slots.values().zip(&outcomes) {
+            for (&i, verdict) in indices.iter().zip(&outcome.verdicts) {
+                verdicts[i] = *verdict;
+            }
+        }
+        Ok(BatchOutcome {
+            allowed: outcomes.iter().all(|o| o.allowed),
+            verdicts,
+        })
+    }
+
+    /// One script call over keys of one slot.
+    async fn run_in_slot(
+        &self,
+        items: &[BatchItem],
+        apply: Apply,
+    ) -> Result<BatchOutcome, StoreError> {
         let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
         let mut args = Vec::with_capacity(2 + items.len() * 5);
         args.push(self.now_arg());
@@ -154,7 +212,8 @@ impl RedisStore {
         let reply: Result<Vec<i64>, _> = client.evalsha(sha, keys.clone(), args.clone()).await;
         let reply = match reply {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                // First call after a Redis restart or SCRIPT FLUSH: load and retry once.
+                // First call after a Redis restart or SCRIPT FLUSH (or on a cluster node added since): load
+                // and retry once.
                 let sha = self.load(&client).await?;
                 client.evalsha(sha, keys, args).await
             }
@@ -170,10 +229,13 @@ impl RedisStore {
         &self,
         client: &fred::clients::WithOptions<Client>,
     ) -> Result<String, StoreError> {
-        let sha: String = client
-            .script_load(scripts::DECIDE)
-            .await
-            .map_err(classify)?;
+        // On a cluster, every primary needs the script: a call goes to the node of its keys' slot.
+        let sha: String = if self.client.is_clustered() {
+            client.script_load_cluster(scripts::DECIDE).await
+        } else {
+            client.script_load(scripts::DECIDE).await
+        }
+        .map_err(classify)?;
         let _ = self.sha.set(sha.clone());
         Ok(sha)
     }
@@ -235,13 +297,21 @@ impl Store for RedisStore {
             if !self.client.is_connected() {
                 return Err(StoreError::Unavailable("not connected".to_owned()));
             }
-            let removed: i64 = self
-                .client
-                .with_options(&self.options)
-                .del(keys.to_vec())
-                .await
-                .map_err(classify)?;
-            Ok(u64::try_from(removed).unwrap_or(0))
+            // DEL of several keys must stay within one slot on a cluster: one call per slot.
+            let groups = fred::util::group_by_hash_slot(keys.iter().map(String::as_str))
+                .map_err(|e| StoreError::Protocol(e.to_string()))?;
+            let client = self.client.with_options(&self.options);
+            let removed = futures::future::try_join_all(
+                groups
+                    .into_values()
+                    .map(|keys| client.del::<i64, _>(Vec::from(keys))),
+            )
+            .await
+            .map_err(classify)?;
+            Ok(removed
+                .into_iter()
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .sum())
         }
         .boxed()
     }

@@ -157,6 +157,109 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of three primaries owned by one test, killed on drop.
+pub struct Cluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: ScratchDir,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let dir = ScratchDir::new("cluster");
+        // Each node also listens on its port + 10000 (the cluster bus), so ports come from a range where both
+        // fit and both are free.
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            let port = 20_000 + rand::random::<u16>() % 25_000;
+            let free = |p: u16| StdListener::bind(("127.0.0.1", p)).is_ok();
+            if !ports.contains(&port) && free(port) && free(port + 10_000) {
+                ports.push(port);
+            }
+        }
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .arg("--dir")
+                    .arg(&dir.0)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server on PATH")
+            })
+            .collect();
+        let cluster = Self {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        let cli = |args: &[&str]| {
+            Command::new("redis-cli")
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster
+            .ports
+            .iter()
+            .any(|p| !cli(&["-p", &p.to_string(), "ping"]).contains("PONG"))
+        {
+            assert!(Instant::now() < deadline, "cluster nodes did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addrs.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        cli(&create);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster
+            .ports
+            .iter()
+            .any(|p| !cli(&["-p", &p.to_string(), "cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// A `redis-cluster://` URL naming every node.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
+            self.ports[0], self.ports[1], self.ports[2]
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
 /// The service running in this process.
 pub struct Service {
     pub endpoint: String,

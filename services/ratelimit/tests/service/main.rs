@@ -2,6 +2,7 @@
 
 mod algorithms;
 mod api;
+mod cluster;
 mod envoy;
 mod failure;
 mod fixture;
