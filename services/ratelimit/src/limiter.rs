@@ -148,6 +148,19 @@ pub struct Stats {
 /// Applied limits (descriptor index, limit, batch item) and the descriptors whose rule is `unlimited`.
 type Resolved = (Vec<(usize, LimitDef, BatchItem)>, Vec<bool>);
 
+/// One limit that applies to a request, before `replaces` is resolved.
+struct Matched {
+    /// Which descriptor of the request.
+    index: usize,
+    def: LimitDef,
+    /// Names this (configured) limit replaces.
+    replaces: Vec<String>,
+    /// From the rule file, not supplied by the caller.
+    configured: bool,
+    /// Entries to count under when they differ from the descriptor's (`share_threshold`).
+    counted: Option<Vec<(String, String)>>,
+}
+
 /// The decision engine, shared by every RPC.
 pub struct Limiter {
     rules: RwLock<Arc<RuleSet>>,
@@ -257,7 +270,7 @@ impl Limiter {
             )));
         }
         let rules = self.rules();
-        let mut matched: Vec<(usize, LimitDef, Vec<String>, bool)> = Vec::new();
+        let mut matched: Vec<Matched> = Vec::new();
         let mut unlimited = vec![false; req.descriptors.len()];
         for (index, d) in req.descriptors.iter().enumerate() {
             KeySpace::validate(&req.domain, &d.entries)?;
@@ -270,7 +283,13 @@ impl Limiter {
             if let Some(own) = &d.limits {
                 for def in own {
                     validate_caller_limit(def)?;
-                    matched.push((index, def.clone(), Vec::new(), false));
+                    matched.push(Matched {
+                        index,
+                        def: def.clone(),
+                        replaces: Vec::new(),
+                        configured: false,
+                        counted: None,
+                    });
                 }
                 continue;
             }
@@ -280,9 +299,15 @@ impl Limiter {
             match rules.find(&req.domain, &d.entries) {
                 Match::None => {}
                 Match::Unlimited => unlimited[index] = true,
-                Match::Limits(found) => {
+                Match::Limits(found, counted) => {
                     for rule in found {
-                        matched.push((index, rule.def.clone(), rule.replaces.clone(), true));
+                        matched.push(Matched {
+                            index,
+                            def: rule.def.clone(),
+                            replaces: rule.replaces.clone(),
+                            configured: true,
+                            counted: counted.clone(),
+                        });
                     }
                 }
             }
@@ -290,15 +315,23 @@ impl Limiter {
         // `replaces`: a matched named limit removes every other matched configured limit of that name.
         let replaced: HashSet<&str> = matched
             .iter()
-            .flat_map(|(_, _, r, _)| r.iter().map(String::as_str))
+            .flat_map(|m| m.replaces.iter().map(String::as_str))
             .collect();
         let mut out = Vec::with_capacity(matched.len());
-        for (index, def, _, configured) in &matched {
+        for Matched {
+            index,
+            def,
+            configured,
+            counted,
+            ..
+        } in &matched
+        {
             if *configured && replaced.contains(def.name.as_str()) {
                 continue;
             }
             let d = &req.descriptors[*index];
-            let key = self.keys.counter(&req.domain, &d.entries, def)?;
+            let entries = counted.as_deref().unwrap_or(&d.entries);
+            let key = self.keys.counter(&req.domain, entries, def)?;
             let item = BatchItem {
                 key,
                 algorithm: def.algorithm,

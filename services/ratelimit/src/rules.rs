@@ -2,8 +2,9 @@
 //!
 //! One YAML document per domain (several documents per file, `---`-separated, or a directory of `*.yaml` /
 //! `*.yml` files). Keys of the original format: `domain`, `descriptors` (nested, `key`, optional `value`,
-//! `*` wildcards), `rate_limit` `{unit, requests_per_unit, unlimited, name, replaces}`, `shadow_mode`; the
-//! statistics-only keys (`detailed_metric`, `value_to_metric`, `share_threshold`, `quota_mode`, `metadata`) are
+//! `*` wildcards), `rate_limit` `{unit, requests_per_unit, unlimited, name, replaces}`, `shadow_mode`,
+//! `share_threshold` (every value matching a wildcard counts against one shared counter instead of one counter
+//! per value); the statistics-only keys (`detailed_metric`, `value_to_metric`, `metadata`) and `quota_mode` are
 //! accepted and ignored. Extensions: `unit_multiplier`, `algorithm` and `failure_mode` on a `rate_limit` or a
 //! descriptor, `rate_limits` (a list), and `limits` (Flask-Limiter notation, `"200 per day; 50 per hour"`).
 //! Unknown keys are errors, as in envoyproxy/ratelimit.
@@ -75,13 +76,13 @@ struct DescriptorYaml {
     shadow_mode: bool,
     algorithm: Option<Algorithm>,
     failure_mode: Option<FailureMode>,
+    #[serde(default)]
+    share_threshold: bool,
     // Statistics and quota options of envoyproxy/ratelimit: accepted so its files load, without effect here.
     #[serde(default, rename = "detailed_metric")]
     _detailed_metric: Option<serde_yaml_ng::Value>,
     #[serde(default, rename = "value_to_metric")]
     _value_to_metric: Option<serde_yaml_ng::Value>,
-    #[serde(default, rename = "share_threshold")]
-    _share_threshold: Option<serde_yaml_ng::Value>,
     #[serde(default, rename = "quota_mode")]
     _quota_mode: Option<serde_yaml_ng::Value>,
     #[serde(default, rename = "metadata")]
@@ -129,6 +130,8 @@ pub struct Node {
     pub rules: Vec<Arc<Rule>>,
     /// `unlimited: true`: always allowed, never counted.
     pub unlimited: bool,
+    /// Values matching this node's wildcard share one counter, keyed by the pattern.
+    share_threshold: bool,
     children: Vec<Node>,
 }
 
@@ -139,8 +142,9 @@ pub enum Match {
     None,
     /// The rule says unlimited.
     Unlimited,
-    /// These limits apply.
-    Limits(Vec<Arc<Rule>>),
+    /// These limits apply, counted under `counter_entries` when set (a `share_threshold` wildcard replaced
+    /// request values by its pattern), else under the request's own entries.
+    Limits(Vec<Arc<Rule>>, Option<Vec<(String, String)>>),
 }
 
 /// Every domain's rule tree, immutable once loaded.
@@ -253,6 +257,7 @@ impl RuleSet {
         let Some(mut level) = self.domains.get(domain) else {
             return Match::None;
         };
+        let mut shared: Option<Vec<(String, String)>> = None;
         for (i, (key, value)) in entries.iter().enumerate() {
             let candidates = level.iter().filter(|n| &n.key == key);
             let exact = candidates
@@ -269,13 +274,19 @@ impl RuleSet {
             let Some(node) = exact.or_else(wildcard).or_else(bare) else {
                 return Match::None;
             };
+            if node.share_threshold
+                && let Some(pattern) = node.value.as_deref().filter(|p| *p != value)
+            {
+                let counted = shared.get_or_insert_with(|| entries.to_vec());
+                counted[i].1 = pattern.to_owned();
+            }
             if i + 1 == entries.len() {
                 return if node.unlimited {
                     Match::Unlimited
                 } else if node.rules.is_empty() {
                     Match::None
                 } else {
-                    Match::Limits(node.rules.clone())
+                    Match::Limits(node.rules.clone(), shared)
                 };
             }
             level = &node.children;
@@ -397,9 +408,15 @@ fn compile_level(
             algorithm: d.algorithm.or(inherited.algorithm),
             failure_mode: d.failure_mode.or(inherited.failure_mode),
         };
+        if d.share_threshold && !d.value.as_deref().is_some_and(|v| v.contains('*')) {
+            return Err(format!(
+                "{where_}: share_threshold needs a wildcard value (such as \"foo*\")"
+            ));
+        }
         let mut node = Node {
             key: d.key.clone(),
             value: d.value.clone(),
+            share_threshold: d.share_threshold,
             ..Node::default()
         };
         let yaml_limits = d.rate_limit.iter().chain(d.rate_limits.iter());
@@ -492,12 +509,51 @@ mod tests {
 
     fn limits(m: Match) -> Vec<(u64, u64)> {
         match m {
-            Match::Limits(rules) => rules
+            Match::Limits(rules, _) => rules
                 .iter()
                 .map(|r| (r.def.limit, r.def.window_ms))
                 .collect(),
             Match::None | Match::Unlimited => Vec::new(),
         }
+    }
+
+    #[test]
+    fn share_threshold_counts_wildcard_values_together() {
+        let rules = RuleSet::from_yaml(
+            r#"
+domain: d
+descriptors:
+  - key: path
+    value: /api/*
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: path
+    value: /files/*
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: path
+    value: /api/health
+    rate_limit: {unit: minute, requests_per_unit: 50}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let counted = |value: &str| match rules.find("d", &e(&[("path", value)])) {
+            Match::Limits(_, shared) => shared,
+            other => panic!("{other:?}"),
+        };
+        // Shared: both values count under the pattern.
+        assert_eq!(counted("/api/a"), Some(e(&[("path", "/api/*")])));
+        assert_eq!(counted("/api/b"), Some(e(&[("path", "/api/*")])));
+        // Without share_threshold each value has its own counter; an exact match is never shared.
+        assert_eq!(counted("/files/a"), None);
+        assert_eq!(counted("/api/health"), None);
+        let err = RuleSet::from_yaml(
+            "domain: d\ndescriptors:\n  - key: path\n    value: /x\n    share_threshold: true\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
+        );
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.to_string().contains("share_threshold needs a wildcard")),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -565,7 +621,7 @@ descriptors:
 "#,
         )
         .unwrap();
-        let Match::Limits(found) = rules.find("d", &e(&[("k", "v")])) else {
+        let Match::Limits(found, _) = rules.find("d", &e(&[("k", "v")])) else {
             panic!("no match")
         };
         assert_eq!(found[0].def.window_ms, 30_000);

@@ -136,6 +136,51 @@ async fn dry_run_reports_without_consuming_and_reset_forgives() {
     service.stop().await;
 }
 
+/// envoyproxy/ratelimit's `share_threshold`: every value matching the wildcard draws on one counter; without
+/// it, each value has its own.
+#[tokio::test]
+async fn share_threshold_wildcards_share_one_counter() {
+    let redis = Redis::start();
+    let dir = ScratchDir::new("share");
+    let path = rule_file(
+        &dir.0,
+        r#"
+domain: files
+descriptors:
+  - key: path
+    value: /api/*
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 3, name: api-shared}
+  - key: path
+    value: /files/*
+    rate_limit: {unit: minute, requests_per_unit: 3, name: per-file}
+"#,
+    );
+    let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
+    let mut client = service.client().await;
+    let request = |value: &str| pb::CheckRequest {
+        domain: "files".to_owned(),
+        descriptors: vec![descriptor(&[("path", value)])],
+        ..Default::default()
+    };
+    let mut remaining = Vec::new();
+    for value in ["/api/a", "/api/b", "/api/c", "/api/d"] {
+        let r = check(&mut client, request(value)).await;
+        remaining.push((r.allowed, r.limits[0].remaining));
+    }
+    assert_eq!(
+        remaining,
+        [(true, 2), (true, 1), (true, 0), (false, 0)],
+        "one counter for every /api/* value"
+    );
+    for value in ["/files/a", "/files/b", "/files/c", "/files/d"] {
+        let r = check(&mut client, request(value)).await;
+        assert!(r.allowed, "each /files/* value has its own counter: {r:?}");
+        assert_eq!(r.limits[0].remaining, 2);
+    }
+    service.stop().await;
+}
+
 #[tokio::test]
 async fn rules_apply_with_multipliers_shadow_mode_and_replaces() {
     let redis = Redis::start();
