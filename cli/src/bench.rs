@@ -68,7 +68,12 @@ pub struct TaskBenchArgs {
 pub async fn run(what: Bench) -> anyhow::Result<()> {
     match what {
         Bench::Tasks(args) => tasks(args).await,
-        Bench::Ratelimit(args) => redline_ratelimit::bench::run(args).await,
+        Bench::Ratelimit(mut args) => {
+            // The service runs as its own process (this binary, `serve ratelimit`), as deployed.
+            let exe = std::env::current_exe()?.display().to_string();
+            args.server_command = Some(vec![exe, "serve".into(), "ratelimit".into()]);
+            redline_ratelimit::bench::run(args).await
+        }
         Bench::Gateway(args) => redline_gateway::bench::run(args).await,
         Bench::Convert(args) => {
             tokio::task::spawn_blocking(move || redline_convert::bench::run(args))

@@ -4,8 +4,9 @@
 //! with 50 clients, the ceiling any Redis-backed limiter can reach here; (2) for each scenario, one client
 //! process keeps 64 calls in flight for `--seconds` and counts decisions per second; (3) the same scenario is
 //! offered a steady `--rate` (default 5,000/s) and the latency of each decision is recorded. Figures are the
-//! median of `--runs` runs. The service runs in this process on 127.0.0.1:0 over a private redis-server
-//! (or `--redis-url`).
+//! median of `--runs` runs. The service listens on 127.0.0.1 over a private redis-server (or `--redis-url`):
+//! as its own process when the caller gives a [`BenchArgs::server_command`] (`redline bench ratelimit` does),
+//! else inside this process. The `engine` scenario always runs the decision engine in this process.
 //!
 //! [`BENCH_REFERENCE`]: crate::store::scripts::BENCH_REFERENCE
 
@@ -68,6 +69,10 @@ pub struct BenchArgs {
         value_delimiter = ','
     )]
     pub scenarios: Vec<String>,
+    /// Program and arguments that serve RateLimitService (given `--listen` and the service's flags); `None`
+    /// runs the service inside this process.
+    #[arg(skip)]
+    pub server_command: Option<Vec<String>>,
 }
 
 const RULES: &str = r#"
@@ -333,17 +338,41 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&rules, RULES)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
-    let config = <crate::Config as clap::Parser>::try_parse_from([
-        "bench",
-        "--redis-url",
-        &url,
-        "--config",
-        &rules.display().to_string(),
-        "--key-prefix",
-        &format!("redline:bench:{}", rand::random::<u32>()),
-    ])?;
+    let flags = [
+        "--redis-url".to_owned(),
+        url.clone(),
+        "--config".to_owned(),
+        rules.display().to_string(),
+        "--key-prefix".to_owned(),
+        format!("redline:bench:{}", rand::random::<u32>()),
+    ];
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(crate::run(config, listener, shutdown.clone()));
+    let mut _process = None;
+    let server = match &args.server_command {
+        // The service as its own process, as deployed: the client's and the service's work do not share a
+        // runtime.
+        Some(command) => {
+            let listen = listener.local_addr()?.to_string();
+            drop(listener);
+            let child = tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .args(["--listen", &listen])
+                .args(&flags)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting the rate-limit service")?;
+            _process = Some(child);
+            tokio::spawn(async { Ok(()) })
+        }
+        None => {
+            let config = <crate::Config as clap::Parser>::try_parse_from(
+                std::iter::once("bench".to_owned()).chain(flags),
+            )?;
+            tokio::spawn(crate::run(config, listener, shutdown.clone()))
+        }
+    };
 
     let mut redline = Vec::new();
     let mut envoy = Vec::new();
