@@ -58,8 +58,8 @@ pub struct AppState {
 ///
 /// One connection is one TCP stream: behind a Kubernetes ClusterIP Service it reaches a single pod. Several
 /// connections spread the calls over the backend's pods. On one host, one connection is cheapest: every
-/// extra connection adds a connection task and its wake-ups. Each connects lazily, so the gateway starts (and answers 503) while a backend is still away,
-/// and a broken one reconnects by itself.
+/// extra connection adds a connection task and its wake-ups. Each connects lazily, so the gateway starts (and
+/// answers 503) while a backend is still away, and a broken one reconnects by itself.
 #[derive(Clone)]
 pub struct Backend {
     channels: Arc<[Channel]>,
@@ -320,7 +320,6 @@ mod tests {
     /// (what lets a ClusterIP Service spread them over pods), and further calls reuse them.
     #[tokio::test]
     async fn backend_calls_take_the_connections_in_turn() {
-        use std::sync::atomic::AtomicUsize;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
