@@ -1,4 +1,4 @@
-//! The shared store: one `EVALSHA` of [`scripts::DECIDE`] per decision.
+//! The shared store: one `EVALSHA` of [`scripts::DECIDE`] per decision (per slot on Redis Cluster).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
