@@ -245,16 +245,15 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     page
 }
 
-/// `REDLINE_LOG_FORMAT=json` in the real binary: one JSON object per line, and a request's line names the
-/// caller's trace id.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_the_trace_id() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+/// The real `redline-gateway` binary on a free port, its backends away (it serves `/healthz` regardless):
+/// the port and the command, for the caller's environment and output settings.
+fn gateway_binary() -> (u16, tokio::process::Command) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr").port()
     };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_redline-gateway"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redline-gateway"));
+    command
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args([
             "--tasks-url",
@@ -262,11 +261,21 @@ async fn json_logs_carry_the_trace_id() {
             "--ratelimit-url",
             "none",
         ])
+        .kill_on_drop(true);
+    (port, command)
+}
+
+/// `REDLINE_LOG_FORMAT=json` in the real binary: one JSON object per line, and a request's line names the
+/// caller's trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_trace_id() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (port, mut command) = gateway_binary();
+    let mut child = command
         .env("REDLINE_LOG_FORMAT", "json")
         .env_remove("RUST_LOG")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("gateway starts");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
@@ -334,23 +343,12 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
             .add_service(TraceServiceServer::new(Collector(tx)))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        l.local_addr().expect("addr").port()
-    };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_redline-gateway"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--tasks-url",
-            "http://127.0.0.1:9",
-            "--ratelimit-url",
-            "none",
-        ])
+    let (port, mut command) = gateway_binary();
+    let mut child = command
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
         .env_remove("OTEL_SERVICE_NAME")
         .env_remove("OTEL_SDK_DISABLED")
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("gateway starts");
     let trace = "3c2b1a0f9e8d7c6b5a4f3e2d1c0b0a09";

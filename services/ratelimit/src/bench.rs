@@ -347,8 +347,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         format!("redline:bench:{}", rand::random::<u32>()),
     ];
     let shutdown = CancellationToken::new();
-    let mut _process = None;
-    let server = match &args.server_command {
+    // Either a child process (killed on drop) or a task of this runtime, stopped through `shutdown`.
+    let (_process, server) = match &args.server_command {
         // The service as its own process, as deployed: the client's and the service's work do not share a
         // runtime.
         Some(command) => {
@@ -363,14 +363,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .kill_on_drop(true)
                 .spawn()
                 .context("starting the rate-limit service")?;
-            _process = Some(child);
-            tokio::spawn(async { Ok(()) })
+            (Some(child), None)
         }
         None => {
             let config = <crate::Config as clap::Parser>::try_parse_from(
                 std::iter::once("bench".to_owned()).chain(flags),
             )?;
-            tokio::spawn(crate::run(config, listener, shutdown.clone()))
+            let task = tokio::spawn(crate::run(config, listener, shutdown.clone()));
+            (None, Some(task))
         }
     };
 
@@ -476,7 +476,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     shutdown.cancel();
-    let _ = server.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     let _ = redis.quit().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

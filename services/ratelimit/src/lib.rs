@@ -238,34 +238,17 @@ pub async fn run(
         ));
     }
 
-    // Reflection publishes the whole schema: handy for grpcurl in development, off where that is unwanted.
-    let reflection = if config.disable_reflection {
-        None
-    } else {
-        Some(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(redline_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()?,
-        )
-    };
+    let reflection = redline_runtime::grpc::reflection(
+        config.disable_reflection,
+        &[redline_proto::FILE_DESCRIPTOR_SET],
+    )?;
 
-    let drained = {
-        let health = health.clone();
-        let shutdown = shutdown.clone();
-        let delay = config.shutdown_delay;
-        async move {
-            shutdown.cancelled().await;
-            // Stop receiving new traffic before the listener closes: report NOT_SERVING, keep accepting for
-            // the delay while endpoints are removed, then close.
-            for name in READINESS_NAMES {
-                health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-            tokio::time::sleep(delay).await;
-        }
-    };
+    let drained = redline_runtime::grpc::drain(
+        health.clone(),
+        &READINESS_NAMES,
+        shutdown.clone(),
+        config.shutdown_delay,
+    );
     let result = tonic::transport::Server::builder()
         // A span per call, parented on the caller's `traceparent`.
         .trace_fn(redline_runtime::telemetry::grpc_server_span)

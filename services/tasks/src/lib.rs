@@ -124,17 +124,10 @@ pub async fn run(
         background.clone(),
     ));
 
-    // Reflection publishes the whole schema: handy for grpcurl in development, off where that is unwanted.
-    let reflection = if config.disable_reflection {
-        None
-    } else {
-        Some(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(redline_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()?,
-        )
-    };
+    let reflection = redline_runtime::grpc::reflection(
+        config.disable_reflection,
+        &[redline_proto::FILE_DESCRIPTOR_SET],
+    )?;
 
     let limits = grpc::Limits {
         max_payload: config.max_payload,
@@ -146,22 +139,12 @@ pub async fn run(
         .max_decoding_message_size((config.max_payload * 4).max(16 << 20));
 
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "TaskService listening");
-    let delay = config.shutdown_delay;
-    let drain = {
-        let shutdown = shutdown.clone();
-        let health = health.clone();
-        async move {
-            shutdown.cancelled().await;
-            // Fail readiness first so load balancers stop sending new calls while in-flight ones finish, and
-            // keep accepting for the delay: endpoints are removed asynchronously after SIGTERM.
-            for name in READINESS {
-                health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-            tokio::time::sleep(delay).await;
-        }
-    };
+    let drain = redline_runtime::grpc::drain(
+        health.clone(),
+        &READINESS,
+        shutdown.clone(),
+        config.shutdown_delay,
+    );
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // A span per call, parented on the caller's `traceparent`.
@@ -176,7 +159,7 @@ pub async fn run(
     tokio::pin!(serve);
     tokio::select! {
         result = &mut serve => result?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(delay + grace).await } => {
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(config.shutdown_delay + grace).await } => {
             tracing::warn!(?grace, "drain deadline reached; closing remaining connections");
         }
     }

@@ -53,6 +53,42 @@ async fn claim(store: &TaskStore, wid: &str, max: usize) -> Vec<ClaimedTask> {
     }
 }
 
+/// Claims task `id` as worker `w` and fails it retryably, `attempts` times in a row (error `boom <attempt>`,
+/// no backoff): every attempt but the last must schedule a retry, the last must fail the task for good.
+/// `inspect` sees each claimed attempt.
+async fn fail_every_attempt(
+    store: &TaskStore,
+    id: &str,
+    attempts: u32,
+    inspect: impl Fn(u32, &ClaimedTask),
+) {
+    for attempt in 1..=attempts {
+        let c = claim(store, "w", 1).await;
+        assert_eq!(c.len(), 1, "attempt {attempt}");
+        inspect(attempt, &c[0]);
+        let r = store
+            .complete(
+                "w",
+                &[Completion {
+                    id: id.to_owned(),
+                    fence: c[0].fence,
+                    outcome: Outcome::Retry {
+                        error: format!("boom {attempt}"),
+                        delay: Duration::ZERO,
+                    },
+                }],
+            )
+            .await
+            .unwrap();
+        let expected = if attempt < attempts {
+            TaskState::Scheduled
+        } else {
+            TaskState::Failed
+        };
+        assert_eq!(r, vec![Completed::Applied(expected)], "attempt {attempt}");
+    }
+}
+
 #[tokio::test]
 async fn submit_then_get_and_unknown_ids_are_absent() {
     let f = fixture().await;
@@ -227,32 +263,10 @@ async fn retries_exhausted_fail_into_dead_letter_then_retry_task_succeeds() {
     let mut t = NewTask::new("redline.fail", DEFAULT_QUEUE);
     t.max_retries = 2;
     submit_one(&f.store, t.clone()).await;
-    for attempt in 1..=3u32 {
-        let c = claim(&f.store, "w", 1).await;
-        assert_eq!(c.len(), 1, "attempt {attempt}");
-        assert_eq!(c[0].attempt, attempt);
-        let r = f
-            .store
-            .complete(
-                "w",
-                &[Completion {
-                    id: t.id.clone(),
-                    fence: c[0].fence,
-                    outcome: Outcome::Retry {
-                        error: format!("boom {attempt}"),
-                        delay: Duration::ZERO,
-                    },
-                }],
-            )
-            .await
-            .unwrap();
-        let expected = if attempt < 3 {
-            TaskState::Scheduled
-        } else {
-            TaskState::Failed
-        };
-        assert_eq!(r, vec![Completed::Applied(expected)]);
-    }
+    fail_every_attempt(&f.store, &t.id, 3, |attempt, c| {
+        assert_eq!(c.attempt, attempt);
+    })
+    .await;
     let rec = f.store.get(&t.id).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.error.as_deref(), rec.retries),
@@ -720,33 +734,11 @@ async fn default_budget_and_limit_are_not_stored_but_enforced() {
         (catalog::DEFAULT_MAX_RETRIES, catalog::DEFAULT_TIME_LIMIT)
     );
     let budget = catalog::DEFAULT_MAX_RETRIES + 1;
-    for attempt in 1..=budget {
-        let c = claim(&f.store, "w", 1).await;
-        assert_eq!(c.len(), 1, "attempt {attempt}");
+    fail_every_attempt(&f.store, &t.id, budget, |_, c| {
         assert_eq!(
-            (c[0].max_retries, c[0].time_limit),
+            (c.max_retries, c.time_limit),
             (catalog::DEFAULT_MAX_RETRIES, catalog::DEFAULT_TIME_LIMIT)
         );
-        let r = f
-            .store
-            .complete(
-                "w",
-                &[Completion {
-                    id: t.id.clone(),
-                    fence: c[0].fence,
-                    outcome: Outcome::Retry {
-                        error: format!("boom {attempt}"),
-                        delay: Duration::ZERO,
-                    },
-                }],
-            )
-            .await
-            .unwrap();
-        let expected = if attempt < budget {
-            TaskState::Scheduled
-        } else {
-            TaskState::Failed
-        };
-        assert_eq!(r, vec![Completed::Applied(expected)], "attempt {attempt}");
-    }
+    })
+    .await;
 }
