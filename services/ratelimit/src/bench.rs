@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// Calls in flight for the throughput measurement.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// HTTP/2 connections the client spreads its calls over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
     /// Offered decisions per second for the latency measurement.
     #[arg(long, default_value_t = 5_000)]
     pub rate: u64,
@@ -317,8 +320,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Runs the benchmark and prints the figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.runs == 0 || args.concurrency == 0 || args.rate == 0 || args.keys == 0 {
-        bail!("--runs, --concurrency, --rate and --keys must be at least 1");
+    if args.runs == 0
+        || args.concurrency == 0
+        || args.connections == 0
+        || args.rate == 0
+        || args.keys == 0
+    {
+        bail!("--runs, --concurrency, --connections, --rate and --keys must be at least 1");
     }
     let (_private, url) = match &args.redis_url {
         Some(url) => (None, url.clone()),
@@ -376,7 +384,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut redline = Vec::new();
     let mut envoy = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..args.connections {
         let channel = connect(&endpoint).await?;
         redline.push(RateLimitServiceClient::new(channel.clone()));
         envoy.push(EnvoyClient::new(channel));

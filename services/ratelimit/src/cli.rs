@@ -143,7 +143,11 @@ fn print_limits(limits: &[pb::LimitStatus]) {
             duration_text(l.reset_after),
             duration_text(l.window),
             if l.refused { "REFUSED" } else { "ok" },
-            if l.shadow_mode { " (shadow)" } else { "" },
+            match (l.shadow_mode, l.quota_mode) {
+                (true, _) => " (shadow)",
+                (_, true) => " (quota)",
+                _ => "",
+            },
             if l.refused {
                 format!(", retry in {}", duration_text(l.retry_after))
             } else {

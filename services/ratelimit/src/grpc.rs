@@ -18,7 +18,7 @@ use crate::limiter::{
     Decision, DecisionRequest, DescriptorRequest, LimitError, LimitResult, Limiter, Source,
     UnknownDomain,
 };
-use crate::limits::{Algorithm, FailureMode, LimitDef, default_name, parse_flask_limits};
+use crate::limits::{Algorithm, FailureMode, LimitDef, Mode, default_name, parse_flask_limits};
 
 // === Errors ===
 
@@ -135,7 +135,7 @@ fn limit_from_pb(spec: &pb::LimitSpec) -> Result<LimitDef, LimitError> {
         limit: spec.limit,
         window_ms,
         algorithm,
-        shadow: false,
+        mode: Mode::Enforced,
         failure_mode,
     })
 }
@@ -216,7 +216,8 @@ fn status_to_pb(l: &LimitResult) -> pb::LimitStatus {
         window: Some(pb_duration(l.def.window_ms)),
         algorithm: algorithm_to_pb(l.def.algorithm).into(),
         refused: !l.verdict.allowed,
-        shadow_mode: l.def.shadow,
+        shadow_mode: l.def.mode == Mode::Shadow,
+        quota_mode: l.def.mode == Mode::Quota,
         descriptor_index: u32::try_from(l.descriptor_index).unwrap_or(u32::MAX),
         source: source_to_pb(l.source).into(),
         retry_after: (!l.verdict.allowed).then(|| pb_duration(l.verdict.retry_after_ms)),
@@ -306,7 +307,8 @@ impl pb::rate_limit_service_server::RateLimitService for RedlineService {
                         window: Some(pb_duration(rule.def.window_ms)),
                         algorithm: algorithm_to_pb(rule.def.algorithm).into(),
                         failure_mode: failure_mode_to_pb(rule.def.failure_mode).into(),
-                        shadow_mode: rule.def.shadow,
+                        shadow_mode: rule.def.mode == Mode::Shadow,
+                        quota_mode: rule.def.mode == Mode::Quota,
                         unlimited: false,
                         replaces: rule.replaces.clone(),
                     },
@@ -419,7 +421,7 @@ fn override_limit(
         limit,
         window_ms,
         algorithm: Algorithm::FixedWindow,
-        shadow: false,
+        mode: Mode::Enforced,
         failure_mode: FailureMode::Error,
     })
 }
@@ -459,10 +461,13 @@ fn envoy_unit(window_ms: u64) -> (Unit, u64) {
     }
 }
 
-/// The limit that speaks for a set: the enforced refusal with the longest wait, else the least remaining.
-fn most_restrictive<'a>(limits: impl Iterator<Item = &'a LimitResult>) -> Option<&'a LimitResult> {
+/// The limit that speaks for a set: the refusal with the longest wait, else the least remaining.
+fn most_restrictive<'a>(
+    d: &Decision,
+    limits: impl Iterator<Item = &'a LimitResult>,
+) -> Option<&'a LimitResult> {
     limits.min_by_key(|l| {
-        let refusing = !l.verdict.allowed && !l.def.shadow;
+        let refusing = d.refuses(l);
         (
             !refusing,
             if refusing {
@@ -482,13 +487,76 @@ fn header(key: &str, value: String) -> HeaderValue {
     }
 }
 
-fn envoy_response(d: &Decision, descriptors: usize) -> envoy::RateLimitResponse {
+/// envoyproxy/ratelimit's dynamic metadata for quota mode, in its field names: the request's domain and
+/// descriptors, `quotaModeEnabled`, and `quotaModeViolations`, the indices of the descriptors whose quota is
+/// spent while the request was still admitted (a router can then send it to a backend with quota left).
+/// Present only when a quota-mode limit applied, so other responses stay as small as before.
+fn quota_metadata(d: &Decision, r: &envoy::RateLimitRequest) -> Option<prost_types::Struct> {
+    use prost_types::value::Kind;
+    let value = |kind| prost_types::Value { kind: Some(kind) };
+    if !d.limits.iter().any(|l| l.def.mode == Mode::Quota) {
+        return None;
+    }
+    let descriptors = r
+        .descriptors
+        .iter()
+        .map(|desc| {
+            let entries = desc
+                .entries
+                .iter()
+                .map(|e| value(Kind::StringValue(format!("{}={}", e.key, e.value))))
+                .collect();
+            let fields = [(
+                "entries".to_owned(),
+                value(Kind::ListValue(prost_types::ListValue { values: entries })),
+            )];
+            value(Kind::StructValue(prost_types::Struct {
+                fields: fields.into_iter().collect(),
+            }))
+        })
+        .collect();
+    let mut violations: Vec<usize> = d.spent_quotas().map(|l| l.descriptor_index).collect();
+    violations.dedup();
+    let mut fields = std::collections::BTreeMap::from([
+        (
+            "domain".to_owned(),
+            value(Kind::StringValue(r.domain.clone())),
+        ),
+        (
+            "descriptors".to_owned(),
+            value(Kind::ListValue(prost_types::ListValue {
+                values: descriptors,
+            })),
+        ),
+        ("quotaModeEnabled".to_owned(), value(Kind::BoolValue(true))),
+    ]);
+    if r.hits_addend > 0 {
+        fields.insert(
+            "hitsAddend".to_owned(),
+            value(Kind::NumberValue(f64::from(r.hits_addend))),
+        );
+    }
+    if !violations.is_empty() {
+        let values = violations
+            .into_iter()
+            .map(|i| value(Kind::NumberValue(i as f64)))
+            .collect();
+        fields.insert(
+            "quotaModeViolations".to_owned(),
+            value(Kind::ListValue(prost_types::ListValue { values })),
+        );
+    }
+    Some(prost_types::Struct { fields })
+}
+
+fn envoy_response(d: &Decision, r: &envoy::RateLimitRequest) -> envoy::RateLimitResponse {
+    let descriptors = r.descriptors.len();
     let mut statuses = Vec::with_capacity(descriptors);
     for index in 0..descriptors {
         let mine = || d.limits.iter().filter(move |l| l.descriptor_index == index);
-        let over = mine().any(|l| !l.verdict.allowed && !l.def.shadow);
+        let over = mine().any(|l| d.refuses(l));
         let code = if over { Code::OverLimit } else { Code::Ok };
-        let status = match most_restrictive(mine()) {
+        let status = match most_restrictive(d, mine()) {
             Some(l) => {
                 let (unit, _) = envoy_unit(l.def.window_ms);
                 DescriptorStatus {
@@ -519,7 +587,7 @@ fn envoy_response(d: &Decision, descriptors: usize) -> envoy::RateLimitResponse 
         statuses.push(status);
     }
     let mut headers = Vec::new();
-    if let Some(l) = most_restrictive(d.limits.iter()) {
+    if let Some(l) = most_restrictive(d, d.limits.iter()) {
         let window_s = l.def.window_ms.div_ceil(1000);
         headers.push(header(
             "x-ratelimit-limit",
@@ -544,6 +612,7 @@ fn envoy_response(d: &Decision, descriptors: usize) -> envoy::RateLimitResponse 
         overall_code: if d.allowed { Code::Ok } else { Code::OverLimit }.into(),
         statuses,
         response_headers_to_add: headers,
+        dynamic_metadata: quota_metadata(d, r),
         ..envoy::RateLimitResponse::default()
     }
 }
@@ -568,15 +637,12 @@ impl envoy::rate_limit_service_server::RateLimitService for EnvoyService {
             .collect::<Result<Vec<_>, _>>()
             .map_err(fail)?;
         let req = DecisionRequest {
-            domain: r.domain,
+            domain: r.domain.clone(),
             descriptors,
             dry_run: false,
             unknown_domain: UnknownDomain::Allow,
         };
         let decision = self.limiter.decide(&req).await.map_err(fail)?;
-        Ok(Response::new(envoy_response(
-            &decision,
-            r.descriptors.len(),
-        )))
+        Ok(Response::new(envoy_response(&decision, &r)))
     }
 }

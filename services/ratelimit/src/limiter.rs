@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::limits::{FailureMode, LimitDef, MAX_LIMIT, MAX_WINDOW_MS};
+use crate::limits::{FailureMode, LimitDef, MAX_LIMIT, MAX_WINDOW_MS, Mode};
 use crate::rules::{Match, RuleSet, RulesError};
 use crate::store::keys::{KeyError, KeySpace};
 use crate::store::memory::MemoryStore;
-use crate::store::{Apply, BatchItem, BatchOutcome, Store, StoreError, Verdict};
+use crate::store::{Apply, BatchItem, BatchOutcome, Elsewhere, Store, StoreError, Verdict};
 
 /// Most descriptors in one request.
 pub const MAX_DESCRIPTORS: usize = 16;
@@ -121,12 +121,32 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The enforced limit that refused with the longest wait.
+    /// Whether this limit's refusal counts: an enforced limit that refused, or a quota-mode limit that refused
+    /// when the request was refused (every quota spent). A refused shadow limit, or a spent quota while
+    /// another quota still admits, only reports.
+    pub fn refuses(&self, limit: &LimitResult) -> bool {
+        !limit.verdict.allowed
+            && match limit.def.mode {
+                Mode::Enforced => true,
+                Mode::Shadow => false,
+                Mode::Quota => !self.allowed,
+            }
+    }
+
+    /// The limit that refused with the longest wait.
     pub fn refused_by(&self) -> Option<&LimitResult> {
         self.limits
             .iter()
-            .filter(|l| !l.verdict.allowed && !l.def.shadow)
+            .filter(|l| self.refuses(l))
             .max_by_key(|l| l.verdict.retry_after_ms)
+    }
+
+    /// Quota-mode limits that are spent while the request was admitted (envoyproxy/ratelimit reports their
+    /// descriptors as `quotaModeViolations`).
+    pub fn spent_quotas(&self) -> impl Iterator<Item = &LimitResult> {
+        self.limits
+            .iter()
+            .filter(|l| l.def.mode == Mode::Quota && !l.verdict.allowed && self.allowed)
     }
 }
 
@@ -338,7 +358,7 @@ impl Limiter {
                 limit: def.limit,
                 window_ms: def.window_ms,
                 cost: d.cost,
-                shadow: def.shadow,
+                mode: def.mode,
             };
             out.push((*index, def.clone(), item));
         }
@@ -442,17 +462,22 @@ impl Limiter {
                 .increment(1);
             return Err(LimitError::Unavailable(error));
         }
-        let closed_refuses = resolved
-            .iter()
-            .any(|(_, d, _)| d.failure_mode == FailureMode::Closed && !d.shadow);
+        // Open and closed limits answer without a store; the local store counts them with its own limits, so
+        // that a request refused by a closed limit consumes nothing locally either (all-or-nothing).
+        let mut elsewhere = Elsewhere::default();
+        for (_, d, _) in &resolved {
+            match d.failure_mode {
+                FailureMode::Open => elsewhere.add(d.mode, true),
+                FailureMode::Closed => elsewhere.add(d.mode, false),
+                FailureMode::Local | FailureMode::Error => {}
+            }
+        }
         let local: Vec<BatchItem> = resolved
             .iter()
             .filter(|(_, d, _)| d.failure_mode == FailureMode::Local)
             .map(|(_, _, i)| i.clone())
             .collect();
-        // A request refused by a closed limit consumes nothing locally either (all-or-nothing).
-        let local_apply = if closed_refuses { Apply::DryRun } else { apply };
-        let local_outcome = self.memory.decide_at(&local, local_apply, now_us());
+        let local_outcome = self.memory.decide_with(&local, apply, now_us(), elsewhere);
         let mut local_verdicts = local_outcome.verdicts.into_iter();
         let mut limits = Vec::with_capacity(resolved.len());
         for (descriptor_index, def, item) in resolved {
@@ -498,9 +523,13 @@ impl Limiter {
                 source,
             });
         }
-        tracing::debug!(closed_refuses, local = local.len(), "decided without Redis");
+        tracing::debug!(
+            allowed = local_outcome.allowed,
+            local = local.len(),
+            "decided without Redis"
+        );
         Ok(Decision {
-            allowed: !closed_refuses && local_outcome.allowed,
+            allowed: local_outcome.allowed,
             limits,
             unlimited,
             degraded: true,
@@ -543,11 +572,13 @@ impl Limiter {
 /// Counts each applied limit of a consuming decision by rule, outcome and where it was decided.
 fn record_decision(domain: &str, decision: &Decision) {
     for l in &decision.limits {
-        let outcome = match (l.verdict.allowed, l.def.shadow) {
+        let outcome = match (l.verdict.allowed, l.def.mode) {
             (true, _) => "allowed",
-            (false, false) => "refused",
             // Shadow mode: would have refused, but only reports.
-            (false, true) => "shadow_refused",
+            (false, Mode::Shadow) => "shadow_refused",
+            (false, _) if decision.refuses(l) => "refused",
+            // A spent quota while another quota of the request still admitted it.
+            (false, _) => "quota_exceeded",
         };
         let source = match l.source {
             Source::Redis => "redis",

@@ -26,6 +26,40 @@ impl Algorithm {
     }
 }
 
+/// How a limit takes part in its request's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// Refuses the request when it refuses.
+    #[default]
+    Enforced,
+    /// Counted and reported, never refuses (`shadow_mode`: try a limit on live traffic before enforcing it).
+    Shadow,
+    /// A soft quota (`quota_mode`, as in envoyproxy/ratelimit): the request is refused only when every
+    /// quota-mode limit applied to it refuses. With several quotas (one per backend, say) the caller learns
+    /// which are spent and may use another; with one, it is enforced.
+    Quota,
+}
+
+impl Mode {
+    /// Code passed to the decision script.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Enforced => 0,
+            Self::Shadow => 1,
+            Self::Quota => 2,
+        }
+    }
+
+    /// The name used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforced => "enforced",
+            Self::Shadow => "shadow",
+            Self::Quota => "quota",
+        }
+    }
+}
+
 /// What a limit does when the shared store cannot answer within the decision timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,14 +105,14 @@ pub struct LimitDef {
     pub window_ms: u64,
     /// Counting algorithm.
     pub algorithm: Algorithm,
-    /// Counted and reported, never enforced.
-    pub shadow: bool,
+    /// Enforced, shadow or quota.
+    pub mode: Mode,
     /// Behaviour while Redis is unreachable.
     pub failure_mode: FailureMode,
 }
 
 impl LimitDef {
-    /// A fixed-window limit with the default name, not shadowed, failing with an error.
+    /// An enforced fixed-window limit with the default name, failing with an error.
     pub fn new(limit: u64, window: Duration, algorithm: Algorithm) -> Self {
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
         Self {
@@ -86,7 +120,7 @@ impl LimitDef {
             limit,
             window_ms,
             algorithm,
-            shadow: false,
+            mode: Mode::Enforced,
             failure_mode: FailureMode::Error,
         }
     }
@@ -208,7 +242,7 @@ fn parse_one(item: &str, algorithm: Algorithm) -> Result<LimitDef, ParseLimitErr
         limit,
         window_ms,
         algorithm,
-        shadow: false,
+        mode: Mode::Enforced,
         failure_mode: FailureMode::Error,
     })
 }

@@ -3,9 +3,10 @@
 //! One YAML document per domain (several documents per file, `---`-separated, or a directory of `*.yaml` /
 //! `*.yml` files). Keys of the original format: `domain`, `descriptors` (nested, `key`, optional `value`,
 //! `*` wildcards), `rate_limit` `{unit, requests_per_unit, unlimited, name, replaces}`, `shadow_mode`,
-//! `share_threshold` (every value matching a wildcard counts against one shared counter instead of one counter
-//! per value); the statistics-only keys (`detailed_metric`, `value_to_metric`, `metadata`) and `quota_mode` are
-//! accepted and ignored. Extensions: `unit_multiplier`, `algorithm` and `failure_mode` on a `rate_limit` or a
+//! `quota_mode` (a soft quota: the request is refused only when every quota-mode limit applied to it is spent;
+//! with `shadow_mode` too, shadow wins), `share_threshold` (every value matching a wildcard counts against one
+//! shared counter instead of one counter per value); the statistics-only keys (`detailed_metric`,
+//! `value_to_metric`, `metadata`) are accepted and ignored. Extensions: `unit_multiplier`, `algorithm` and `failure_mode` on a `rate_limit` or a
 //! descriptor, `rate_limits` (a list), and `limits` (Flask-Limiter notation, `"200 per day; 50 per hour"`).
 //! Unknown keys are errors, as in envoyproxy/ratelimit.
 
@@ -17,7 +18,8 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use crate::limits::{
-    Algorithm, FailureMode, LimitDef, MAX_LIMIT, MAX_WINDOW_MS, default_name, parse_flask_limits,
+    Algorithm, FailureMode, LimitDef, MAX_LIMIT, MAX_WINDOW_MS, Mode, default_name,
+    parse_flask_limits,
 };
 
 /// Why a rule file was rejected.
@@ -78,15 +80,27 @@ struct DescriptorYaml {
     failure_mode: Option<FailureMode>,
     #[serde(default)]
     share_threshold: bool,
-    // Statistics and quota options of envoyproxy/ratelimit: accepted so its files load, without effect here.
+    #[serde(default)]
+    quota_mode: bool,
+    // Statistics options of envoyproxy/ratelimit: accepted so its files load, without effect here.
     #[serde(default, rename = "detailed_metric")]
     _detailed_metric: Option<serde_yaml_ng::Value>,
     #[serde(default, rename = "value_to_metric")]
     _value_to_metric: Option<serde_yaml_ng::Value>,
-    #[serde(default, rename = "quota_mode")]
-    _quota_mode: Option<serde_yaml_ng::Value>,
     #[serde(default, rename = "metadata")]
     _metadata: Option<serde_yaml_ng::Value>,
+}
+
+impl DescriptorYaml {
+    fn mode(&self) -> Mode {
+        if self.shadow_mode {
+            Mode::Shadow
+        } else if self.quota_mode {
+            Mode::Quota
+        } else {
+            Mode::Enforced
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -464,7 +478,7 @@ fn compile_level(
                     .algorithm
                     .or(scope.algorithm)
                     .unwrap_or(Algorithm::FixedWindow),
-                shadow: d.shadow_mode,
+                mode: d.mode(),
                 failure_mode: rl.failure_mode.or(scope.failure_mode).unwrap_or_default(),
             };
             node.rules.push(Arc::new(Rule {
@@ -477,7 +491,7 @@ fn compile_level(
                 parse_flask_limits(text, scope.algorithm.unwrap_or(Algorithm::FixedWindow))
                     .map_err(|e| format!("{where_}: {e}"))?;
             for mut def in parsed {
-                def.shadow = d.shadow_mode;
+                def.mode = d.mode();
                 def.failure_mode = scope.failure_mode.unwrap_or_default();
                 node.rules.push(Arc::new(Rule {
                     def,
@@ -630,6 +644,39 @@ descriptors:
         assert_eq!(found[1].def.window_ms, 300_000);
         assert_eq!(found[1].def.algorithm, Algorithm::SlidingWindow);
         assert_eq!(found[1].def.failure_mode, FailureMode::Closed);
+    }
+
+    #[test]
+    fn shadow_and_quota_modes_apply_to_their_descriptor() {
+        let rules = RuleSet::from_yaml(
+            r#"
+domain: d
+descriptors:
+  - key: quota
+    quota_mode: true
+    limits: "5 per minute; 50 per hour"
+  - key: shadow
+    shadow_mode: true
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: both
+    shadow_mode: true
+    quota_mode: true
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: plain
+    rate_limit: {unit: second, requests_per_unit: 1}
+"#,
+        )
+        .unwrap();
+        let mode = |key: &str| {
+            let Match::Limits(found, _) = rules.find("d", &e(&[(key, "v")])) else {
+                panic!("no match for {key}")
+            };
+            found.iter().map(|r| r.def.mode).collect::<Vec<_>>()
+        };
+        assert_eq!(mode("quota"), vec![Mode::Quota, Mode::Quota]);
+        assert_eq!(mode("shadow"), vec![Mode::Shadow]);
+        assert_eq!(mode("both"), vec![Mode::Shadow], "shadow wins");
+        assert_eq!(mode("plain"), vec![Mode::Enforced]);
     }
 
     #[test]

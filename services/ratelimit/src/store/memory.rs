@@ -12,7 +12,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::model::State;
-use super::{Apply, BatchItem, BatchOutcome, Store, StoreError, decide_with_model};
+use super::{Apply, BatchItem, BatchOutcome, Elsewhere, Store, StoreError, decide_with_model};
 
 struct Slot {
     state: State,
@@ -61,6 +61,17 @@ impl MemoryStore {
 
     /// Decides a batch at an explicit time (µs).
     pub fn decide_at(&self, items: &[BatchItem], apply: Apply, now_us: u64) -> BatchOutcome {
+        self.decide_with(items, apply, now_us, Elsewhere::default())
+    }
+
+    /// Decides a batch at an explicit time (µs), counting limits of the same request decided `elsewhere`.
+    pub fn decide_with(
+        &self,
+        items: &[BatchItem],
+        apply: Apply,
+        now_us: u64,
+        elsewhere: Elsewhere,
+    ) -> BatchOutcome {
         let now_ms = now_us / 1000;
         let mut slots = match self.slots.lock() {
             Ok(guard) => guard,
@@ -75,7 +86,7 @@ impl MemoryStore {
                     .map(|s| s.state)
             })
             .collect();
-        let (outcome, writes) = decide_with_model(items, &states, now_us, apply);
+        let (outcome, writes) = decide_with_model(items, &states, now_us, apply, elsewhere);
         for (item, write) in items.iter().zip(writes) {
             let Some(state) = write else { continue };
             if !slots.contains_key(&item.key) && slots.len() >= self.max_keys {
@@ -134,7 +145,7 @@ mod tests {
             limit,
             window_ms: 60_000,
             cost: 1,
-            shadow: false,
+            mode: crate::limits::Mode::Enforced,
         }
     }
 

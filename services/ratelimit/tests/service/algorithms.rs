@@ -4,15 +4,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, KeysInterface};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use redline_proto::redline::ratelimit::v1 as pb;
-use redline_ratelimit::limits::Algorithm;
+use redline_ratelimit::limits::{Algorithm, Mode};
 use redline_ratelimit::store::memory::MemoryStore;
 use redline_ratelimit::store::model::emission_interval_us;
 use redline_ratelimit::store::redis::{RedisStore, TimeMode, connect};
-use redline_ratelimit::store::{Apply, BatchItem, Store};
+use redline_ratelimit::store::{Apply, BatchItem, Store, StoreError};
 
 use crate::fixture::{Redis, Service, spec};
 
@@ -25,7 +25,7 @@ const ALGORITHMS: [Algorithm; 3] = [
 #[derive(Debug, Clone)]
 struct Case {
     algorithm: Algorithm,
-    limits: Vec<(u64, u64, bool)>,
+    limits: Vec<(u64, u64, Mode)>,
     ops: Vec<(u64, u64, bool)>,
 }
 
@@ -36,7 +36,11 @@ fn case() -> impl Strategy<Value = Case> {
             (
                 1u64..12,
                 prop_oneof![Just(1_000u64), Just(2_000), Just(5_000)],
-                proptest::bool::weighted(0.2),
+                prop_oneof![
+                    6 => Just(Mode::Enforced),
+                    1 => Just(Mode::Shadow),
+                    2 => Just(Mode::Quota)
+                ],
             ),
             1..4,
         ),
@@ -52,20 +56,29 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-/// Every verdict Redis gives (script, client-time mode) equals the reference model's, decision by decision:
-/// random arrival times (µs resolution), costs (including 0 and more than the limit), several limits per
-/// batch, shadow limits and dry runs.
-#[test]
-fn redis_matches_the_reference_model() {
+/// A private redis-server, a current-thread runtime, and a client connected on it.
+fn private_redis() -> (Redis, tokio::runtime::Runtime, fred::clients::Client) {
     let redis = Redis::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let clock = Arc::new(AtomicU64::new(0));
-    let store = rt.block_on(async {
+    let client = rt.block_on(async {
         let client = connect(&redis.url(), Duration::from_secs(2)).unwrap();
         client.wait_for_connect().await.unwrap();
+        client
+    });
+    (redis, rt, client)
+}
+
+/// Every verdict Redis gives (script, client-time mode) equals the reference model's, decision by decision:
+/// random arrival times (µs resolution), costs (including 0 and more than the limit), several limits per
+/// batch, shadow and quota-mode limits, and dry runs.
+#[test]
+fn redis_matches_the_reference_model() {
+    let (_redis, rt, client) = private_redis();
+    let clock = Arc::new(AtomicU64::new(0));
+    let store = rt.block_on(async {
         let c = clock.clone();
         RedisStore::new(client, TimeMode::Client, Duration::from_secs(2))
             .with_clock(Arc::new(move || c.load(Ordering::SeqCst)))
@@ -84,13 +97,13 @@ fn redis_matches_the_reference_model() {
                 .limits
                 .iter()
                 .enumerate()
-                .map(|(i, (limit, window, shadow))| BatchItem {
+                .map(|(i, (limit, window, mode))| BatchItem {
                     key: format!("model:{{r{round}}}:{i}"),
                     algorithm: case.algorithm,
                     limit: *limit,
                     window_ms: *window,
                     cost: 0,
-                    shadow: *shadow,
+                    mode: *mode,
                 })
                 .collect();
             // An arbitrary epoch offset, so window alignment differs between cases.
@@ -115,6 +128,118 @@ fn redis_matches_the_reference_model() {
         .unwrap();
 }
 
+/// Decisions that arrive together share one script call, and each is still decided on its own and in order:
+/// a counter key holding a foreign type fails only its own decision.
+#[test]
+fn concurrent_decisions_share_one_call_and_fail_alone() {
+    let (_redis, rt, client) = private_redis();
+    rt.block_on(async {
+        let store = RedisStore::new(client.clone(), TimeMode::Redis, Duration::from_secs(2));
+        assert!(store.warm_up(Duration::from_secs(2)).await);
+        // A string where a fixed-window counter (a hash) belongs.
+        let _: () = client
+            .set("batch:{bad}:0", "x", None, None, false)
+            .await
+            .unwrap();
+        let item = |key: String| BatchItem {
+            key,
+            algorithm: Algorithm::FixedWindow,
+            limit: 10,
+            window_ms: 60_000,
+            cost: 1,
+            mode: Mode::Enforced,
+        };
+        let mut batches: Vec<Vec<BatchItem>> = (0..20)
+            .map(|i| vec![item(format!("batch:{{c{}}}:0", i % 4))])
+            .collect();
+        batches.insert(10, vec![item("batch:{bad}:0".to_owned())]);
+        let before = evalsha_calls(&client).await;
+        let answers =
+            futures::future::join_all(batches.iter().map(|b| store.decide(b, Apply::Consume)))
+                .await;
+        assert_eq!(evalsha_calls(&client).await - before, 1, "one script call");
+        assert!(
+            matches!(answers[10], Err(StoreError::Protocol(_))),
+            "{:?}",
+            answers[10]
+        );
+        let good: Vec<_> = answers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 10)
+            .map(|(_, a)| a.as_ref().unwrap())
+            .collect();
+        // Four counters, five decisions each, applied in arrival order.
+        for (i, outcome) in good.iter().enumerate() {
+            assert!(outcome.allowed);
+            assert_eq!(
+                outcome.verdicts[0].remaining,
+                10 - (i / 4 + 1) as u64,
+                "decision {i}"
+            );
+        }
+    });
+}
+
+/// Every counter carries a TTL that outlasts its state by a second, so abandoned clients leave nothing behind:
+/// set when a window starts (fixed and sliding windows) or with each write (GCRA).
+#[test]
+fn counters_expire_once_their_state_stops_mattering() {
+    let (_redis, rt, client) = private_redis();
+    rt.block_on(async {
+        let clock = Arc::new(AtomicU64::new(1_700_000_000_000_000));
+        let c = clock.clone();
+        let store = RedisStore::new(client.clone(), TimeMode::Client, Duration::from_secs(2))
+            .with_clock(Arc::new(move || c.load(Ordering::SeqCst)));
+        // Limit 10 per 10 s; the clock starts on a window boundary. Expected TTL ranges (ms), per algorithm:
+        // fixed: window + 1 s; sliding: two windows + 1 s; GCRA: the backlog of three 1 s emission intervals
+        // + 1 ms + 1 s.
+        let cases = [
+            (Algorithm::FixedWindow, 10_000..=11_000),
+            (Algorithm::SlidingWindow, 20_000..=21_000),
+            (Algorithm::Gcra, 3_000..=4_001),
+        ];
+        for (algorithm, expected) in cases {
+            let key = format!("ttl:{{{algorithm:?}}}:0");
+            let item = BatchItem {
+                key: key.clone(),
+                algorithm,
+                limit: 10,
+                window_ms: 10_000,
+                cost: 1,
+                mode: Mode::Enforced,
+            };
+            for window in 0..3 {
+                // Several decisions in the window, then on to the next one.
+                for _ in 0..3 {
+                    let outcome = store
+                        .decide(std::slice::from_ref(&item), Apply::Consume)
+                        .await
+                        .unwrap();
+                    assert!(outcome.allowed);
+                }
+                let ttl: i64 = client.pttl(&key).await.unwrap();
+                assert!(
+                    expected.contains(&ttl),
+                    "{algorithm:?} window {window}: ttl {ttl} ms, expected {expected:?}"
+                );
+                clock.fetch_add(10_000_000, Ordering::SeqCst);
+            }
+        }
+    });
+}
+
+async fn evalsha_calls(client: &fred::clients::Client) -> u64 {
+    let info: String = client
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 fn arrivals() -> impl Strategy<Value = Vec<(u64, u64)>> {
     proptest::collection::vec((0u64..400_000, 1u64..4), 1..300)
 }
@@ -137,7 +262,7 @@ fn admitted(
             limit,
             window_ms,
             cost: *cost,
-            shadow: false,
+            mode: Mode::Enforced,
         };
         if store.decide_at(&[item], Apply::Consume, now).allowed {
             out.push((now, *cost));

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use redline_proto::redline::ratelimit::v1 as pb;
-use redline_ratelimit::limits::{Algorithm, FailureMode, LimitDef};
+use redline_ratelimit::limits::{Algorithm, FailureMode, LimitDef, Mode};
 use redline_ratelimit::store::keys::{KeySpace, hash_tag};
 
 use crate::fixture::{Cluster, Service, spec};
@@ -17,7 +17,7 @@ fn slot_of(client: &str) -> u16 {
         window_ms: 60_000,
         algorithm: Algorithm::FixedWindow,
         failure_mode: FailureMode::Error,
-        shadow: false,
+        mode: Mode::Enforced,
     };
     let key = KeySpace::new("any")
         .and_then(|k| k.counter("web", &[("client".to_owned(), client.to_owned())], &limit))

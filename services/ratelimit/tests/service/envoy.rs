@@ -390,3 +390,120 @@ async fn envoyproxy_ratelimit_examples_behave_as_documented() {
     assert_eq!(r.overall_code(), Code::Ok);
     service.stop().await;
 }
+
+/// `quota_mode` as envoyproxy/ratelimit defines it: a spent quota does not refuse the request while another
+/// quota-mode descriptor of it still has room, and is reported in `quotaModeViolations`; when every quota is
+/// spent the request is refused; an enforced limit refuses whatever the quotas say.
+#[tokio::test]
+async fn quota_mode_refuses_only_when_every_quota_is_spent() {
+    use prost_types::value::Kind;
+    let redis = Redis::start();
+    let dir = ScratchDir::new("quota");
+    let path = rule_file(
+        &dir.0,
+        r"
+domain: ai
+descriptors:
+  - key: backend
+    value: provisioned
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: backend
+    value: on_demand
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: backend
+    value: spare
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 4}
+",
+    );
+    let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
+    let mut envoy = service.envoy().await;
+    let mut ask = async |descriptors: Vec<RateLimitDescriptor>| {
+        envoy
+            .should_rate_limit(RateLimitRequest {
+                domain: "ai".to_owned(),
+                descriptors,
+                hits_addend: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let both = || {
+        vec![
+            descriptor(&[("backend", "provisioned")]),
+            descriptor(&[("backend", "on_demand")]),
+        ]
+    };
+    let violations = |r: &RateLimitResponse| -> Vec<f64> {
+        let metadata = r.dynamic_metadata.as_ref().expect("quota metadata");
+        assert_eq!(
+            metadata.fields["quotaModeEnabled"].kind,
+            Some(Kind::BoolValue(true))
+        );
+        match metadata.fields.get("quotaModeViolations").map(|v| &v.kind) {
+            Some(Some(Kind::ListValue(list))) => list
+                .values
+                .iter()
+                .map(|v| match v.kind {
+                    Some(Kind::NumberValue(n)) => n,
+                    ref other => panic!("{other:?}"),
+                })
+                .collect(),
+            None => Vec::new(),
+            other => panic!("{other:?}"),
+        }
+    };
+
+    // Both quotas have room.
+    let r = ask(both()).await;
+    assert_eq!(r.overall_code(), Code::Ok);
+    assert!(violations(&r).is_empty());
+    // The provisioned quota (1) is spent, the on-demand one (2) is not: admitted, and the spent one reported.
+    let r = ask(both()).await;
+    assert_eq!(r.overall_code(), Code::Ok);
+    assert_eq!(
+        (r.statuses[0].code(), r.statuses[1].code()),
+        (Code::Ok, Code::Ok)
+    );
+    assert_eq!(violations(&r), vec![0.0]);
+    assert_eq!(r.statuses[1].limit_remaining, 0, "on-demand consumed");
+    // Every quota spent: refused, and both descriptors say so.
+    let r = ask(both()).await;
+    assert_eq!(r.overall_code(), Code::OverLimit);
+    assert_eq!(
+        (r.statuses[0].code(), r.statuses[1].code()),
+        (Code::OverLimit, Code::OverLimit)
+    );
+    // A single quota-mode descriptor is enforced once spent.
+    let r = ask(vec![descriptor(&[("backend", "provisioned")])]).await;
+    assert_eq!(r.overall_code(), Code::OverLimit);
+
+    // An enforced limit refuses even while a quota has room; the quota then consumes nothing.
+    let tenant = || descriptor(&[("tenant", "t1")]);
+    for _ in 0..4 {
+        assert_eq!(ask(vec![tenant()]).await.overall_code(), Code::Ok);
+    }
+    let spare = || descriptor(&[("backend", "spare")]);
+    let r = ask(vec![tenant(), spare()]).await;
+    assert_eq!(r.overall_code(), Code::OverLimit);
+    assert_eq!(
+        (r.statuses[0].code(), r.statuses[1].code()),
+        (Code::OverLimit, Code::Ok)
+    );
+    let r = ask(vec![spare()]).await;
+    assert_eq!(
+        r.statuses[0].limit_remaining, 4,
+        "the refused request took nothing"
+    );
+    // Requests without quota-mode limits carry no metadata.
+    assert!(
+        ask(vec![tenant()]).await.dynamic_metadata.is_none(),
+        "no quota, no metadata"
+    );
+    service.stop().await;
+}
