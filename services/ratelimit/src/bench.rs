@@ -252,8 +252,8 @@ fn call(clients: &Clients, scenario: &str, i: u64, keys: u64) -> BoxFuture<'stat
     }
 }
 
-/// Closed loop, `concurrency` calls in flight: (decisions per second, failed calls).
-async fn throughput(clients: &Clients, scenario: &str, args: &BenchArgs) -> (f64, u64) {
+/// Closed loop, `concurrency` calls in flight: (decisions per second, decisions, failed calls).
+async fn throughput(clients: &Clients, scenario: &str, args: &BenchArgs) -> (f64, u64, u64) {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let mut inflight = FuturesUnordered::new();
@@ -271,7 +271,24 @@ async fn throughput(clients: &Clients, scenario: &str, args: &BenchArgs) -> (f64
             issued += 1;
         }
     }
-    (done as f64 / started.elapsed().as_secs_f64(), failed)
+    (done as f64 / started.elapsed().as_secs_f64(), done, failed)
+}
+
+/// Redis's running totals for `EVALSHA`: (calls, µs spent in them), from `INFO commandstats`.
+async fn script_totals(redis: &fred::clients::Client) -> Option<(u64, u64)> {
+    let info: String = redis
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .ok()?;
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))?;
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("calls=")?, field("usec=")?))
 }
 
 /// Open loop at `rate` per second: (p50 ms, p99 ms, failed calls). One task issues the calls on the ticker's
@@ -310,8 +327,19 @@ async fn latency(
     ))
 }
 
-/// Scenario, decisions/s per run, p50 per run, p99 per run, failed calls.
-type Row = (String, Vec<f64>, Vec<f64>, Vec<f64>, u64);
+/// Figures of one scenario, one entry per run.
+#[derive(Default)]
+struct Row {
+    scenario: String,
+    rps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    /// Time Redis spent in the decision script per decision (µs), during the throughput measurement.
+    script_us: Vec<f64>,
+    /// Decisions per script call (the coalescing at work), during the throughput measurement.
+    per_call: Vec<f64>,
+    failures: u64,
+}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -435,24 +463,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rows: Vec<Row> = args
         .scenarios
         .iter()
-        .map(|s| (s.clone(), Vec::new(), Vec::new(), Vec::new(), 0))
+        .map(|s| Row {
+            scenario: s.clone(),
+            ..Row::default()
+        })
         .collect();
     for run in 1..=args.runs {
         let reference_rps = reference(&url, &sha, args.keys).await?;
         reference_runs.push(reference_rps);
         eprintln!("run {run}: redis-benchmark EVALSHA reference {reference_rps:.0}/s");
-        for (scenario, rps, p50, p99, failures) in &mut rows {
+        for row in &mut rows {
+            let scenario = &row.scenario;
             // The load runs on a runtime worker, as a client's calls would; on the main thread every
             // reply would cost a cross-thread wake-up that is the benchmark's, not the service's.
             let (c, s, a) = (clients.clone(), scenario.clone(), args.clone());
-            let (r, f1) = tokio::spawn(async move { throughput(&c, &s, &a).await }).await?;
+            let before = script_totals(&redis).await;
+            let (r, done, f1) = tokio::spawn(async move { throughput(&c, &s, &a).await }).await?;
+            let after = script_totals(&redis).await;
             let (c, s, a) = (clients.clone(), scenario.clone(), args.clone());
             let (l50, l99, f2) = tokio::spawn(async move { latency(&c, &s, &a).await }).await??;
             eprintln!("run {run}: {scenario:<8} {r:>9.0}/s  p50 {l50:.3} ms  p99 {l99:.3} ms");
-            rps.push(r);
-            p50.push(l50);
-            p99.push(l99);
-            *failures += f1 + f2;
+            if let (Some((calls0, us0)), Some((calls1, us1))) = (before, after)
+                && calls1 > calls0
+                && done > 0
+            {
+                row.script_us.push((us1 - us0) as f64 / done as f64);
+                row.per_call.push(done as f64 / (calls1 - calls0) as f64);
+            }
+            row.rps.push(r);
+            row.p50.push(l50);
+            row.p99.push(l99);
+            row.failures += f1 + f2;
         }
     }
     let reference_rps = median(reference_runs);
@@ -462,27 +503,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.runs
     );
     println!(
-        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>9}",
-        "scenario", "decisions/s", "ratio", "p50 ms", "p99 ms", "failures"
+        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>9} {:>10} {:>10}",
+        "scenario", "decisions/s", "ratio", "p50 ms", "p99 ms", "failures", "script µs", "per call"
     );
     println!(
-        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>9}",
+        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>9} {:>10} {:>10}",
         "",
         format!("({} in flight)", args.concurrency),
         "",
         format!("@{}/s", args.rate),
         format!("@{}/s", args.rate),
-        ""
+        "",
+        "/decision",
+        "decisions"
     );
-    for (scenario, rps, p50, p99, failures) in rows {
-        let rps = median(rps);
+    for row in rows {
+        let rps = median(row.rps);
+        // Scenarios that make no script call (rpc-only) have no script figures.
+        let (script_us, per_call) = if row.script_us.is_empty() {
+            ("-".to_owned(), "-".to_owned())
+        } else {
+            (
+                format!("{:.1}", median(row.script_us)),
+                format!("{:.1}", median(row.per_call)),
+            )
+        };
         println!(
-            "{scenario:<10} {rps:>12.0} {:>9.0}% {:>12.3} {:>12.3} {failures:>9}",
+            "{:<10} {rps:>12.0} {:>9.0}% {:>12.3} {:>12.3} {:>9} {script_us:>10} {per_call:>10}",
+            row.scenario,
             100.0 * rps / reference_rps,
-            median(p50),
-            median(p99),
+            median(row.p50),
+            median(row.p99),
+            row.failures,
         );
     }
+    println!(
+        "(script µs: time Redis spent in the decision script per decision, from INFO commandstats; per call: \
+         decisions coalesced into one script call)"
+    );
     shutdown.cancel();
     if let Some(server) = server {
         let _ = server.await;
