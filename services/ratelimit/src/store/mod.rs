@@ -62,7 +62,7 @@ pub enum Apply {
 }
 
 /// Store failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Not connected, or no answer within the decision timeout.
     #[error("store unavailable: {0}")]

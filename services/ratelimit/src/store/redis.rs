@@ -214,14 +214,15 @@ impl RedisStore {
             verdicts
         };
         let mut outcomes = phase(Apply::DryRun).await?;
-        let admitted = outcomes.iter().all(|o| o.allowed)
-            && admits(
-                items
-                    .iter()
-                    .zip(scatter(&outcomes))
-                    .map(|(item, v)| (item.mode, v.allowed)),
-                Elsewhere::default(),
-            );
+        // Over every limit with its own mode: an enforced refusal in any slot refuses, and quotas count across
+        // slots.
+        let admitted = admits(
+            items
+                .iter()
+                .zip(scatter(&outcomes))
+                .map(|(item, v)| (item.mode, v.allowed)),
+            Elsewhere::default(),
+        );
         if admitted && apply == Apply::Consume {
             outcomes = phase(Apply::Consume).await?;
         } else if !admitted {
@@ -259,9 +260,11 @@ impl RedisStore {
             args.push(Value::Integer(i64::from(item.mode.code())));
         }
         let keys: Vec<Key> = items.iter().map(|i| Key::from(i.key.as_str())).collect();
-        let slot = keys
-            .first()
-            .map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
+        // Only a cluster groups by slot; a single Redis has no slots to hash for.
+        let slot = match keys.first() {
+            Some(k) if self.shared.client.is_clustered() => fred::util::redis_keyslot(k.as_bytes()),
+            _ => 0,
+        };
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             keys,
@@ -310,15 +313,14 @@ async fn coalesce(shared: Arc<Shared>, mut waiting: mpsc::Receiver<Pending>) {
         if batch.is_empty() {
             continue;
         }
-        if shared.client.is_clustered() && batch.iter().any(|p| p.slot != batch[0].slot) {
+        if batch.iter().all(|p| p.slot == batch[0].slot) {
+            shared.call(&mut batch).await;
+        } else {
             let mut by_slot: BTreeMap<u16, Vec<Pending>> = BTreeMap::new();
             for p in batch.drain(..) {
                 by_slot.entry(p.slot).or_default().push(p);
             }
-            futures::future::join_all(by_slot.into_values().map(|group| shared.call(group))).await;
-        } else {
-            shared.call(std::mem::take(&mut batch)).await;
-            batch = Vec::with_capacity(MAX_BATCH_DECISIONS);
+            futures::future::join_all(by_slot.values_mut().map(|group| shared.call(group))).await;
         }
     }
 }
@@ -339,8 +341,9 @@ impl Shared {
         }
     }
 
-    /// One script call for a batch of decisions whose keys share a slot; answers each of them.
-    async fn call(&self, batch: Vec<Pending>) {
+    /// One script call for a batch of decisions whose keys share a slot; answers each of them and leaves
+    /// `batch` empty (its allocation is reused for the next batch).
+    async fn call(&self, batch: &mut Vec<Pending>) {
         let total_keys = batch.iter().map(|p| p.keys.len()).sum();
         let total_args = 2 + batch.iter().map(|p| p.args.len()).sum::<usize>();
         let mut keys: Vec<Key> = Vec::with_capacity(total_keys);
@@ -348,7 +351,7 @@ impl Shared {
         args.push(self.now_arg());
         args.push(Value::Integer(batch.len() as i64));
         let mut waiting = Vec::with_capacity(batch.len());
-        for p in batch {
+        for p in batch.drain(..) {
             keys.extend(p.keys);
             args.extend(p.args);
             waiting.push((p.limits, p.reply));
@@ -364,7 +367,7 @@ impl Shared {
             }
             Err(e) => {
                 for (_, reply_to) in waiting {
-                    let _ = reply_to.send(Err(copy_error(&e)));
+                    let _ = reply_to.send(Err(e.clone()));
                 }
             }
         }
@@ -407,14 +410,6 @@ impl Shared {
         .map_err(classify)?;
         let _ = self.sha.set(sha.clone());
         Ok(sha)
-    }
-}
-
-/// The same failure for every decision of a failed call.
-fn copy_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Protocol(m) => StoreError::Protocol(m.clone()),
     }
 }
 
