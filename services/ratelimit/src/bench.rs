@@ -64,11 +64,13 @@ pub struct BenchArgs {
     /// Distinct client keys the decisions are spread over.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
-    /// Scenarios to run (comma-separated): fixed, sliding, gcra, three, envoy; engine (the fixed-window
-    /// decision without gRPC, in this process) and rpc-only (ListRules: gRPC without Redis) split the cost.
+    /// Scenarios to run (comma-separated): fixed, sliding, gcra, three (unary Check calls), envoy
+    /// (ShouldRateLimit); fixed-stream, sliding-stream, gcra-stream, three-stream (the same decisions over
+    /// CheckStream, one stream per connection); engine (the fixed-window decision without gRPC, in this
+    /// process) and rpc-only (ListRules: gRPC without Redis) split the cost.
     #[arg(
         long,
-        default_value = "fixed,sliding,gcra,three,envoy,engine,rpc-only",
+        default_value = "fixed,sliding,gcra,three,envoy,fixed-stream,sliding-stream,gcra-stream,three-stream,engine,rpc-only",
         value_delimiter = ','
     )]
     pub scenarios: Vec<String>,
@@ -77,6 +79,21 @@ pub struct BenchArgs {
     #[arg(skip)]
     pub server_command: Option<Vec<String>>,
 }
+
+/// Every scenario `--scenarios` accepts.
+const SCENARIOS: [&str; 11] = [
+    "fixed",
+    "sliding",
+    "gcra",
+    "three",
+    "envoy",
+    "fixed-stream",
+    "sliding-stream",
+    "gcra-stream",
+    "three-stream",
+    "engine",
+    "rpc-only",
+];
 
 const RULES: &str = r#"
 domain: bench
@@ -252,6 +269,180 @@ fn call(clients: &Clients, scenario: &str, i: u64, keys: u64) -> BoxFuture<'stat
     }
 }
 
+/// The CheckStream scenarios' descriptor keys: `fixed-stream` decides the `fixed` rule, and so on.
+fn stream_rule(scenario: &str) -> Option<&str> {
+    scenario.strip_suffix("-stream")
+}
+
+/// Decision `i` of the rule `key` over CheckStream.
+fn stream_request(key: &str, i: u64, keys: u64) -> pb::CheckStreamRequest {
+    let n = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % keys;
+    pb::CheckStreamRequest {
+        request: Some(pb::CheckRequest {
+            domain: "bench".to_owned(),
+            descriptors: vec![pb::Descriptor {
+                entries: vec![pb::Entry {
+                    key: key.to_owned(),
+                    value: format!("u{n}"),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+fn stream_allowed(reply: &pb::CheckStreamResponse) -> bool {
+    matches!(
+        &reply.result,
+        Some(pb::check_stream_response::Result::Response(r)) if r.allowed
+    )
+}
+
+/// Opens a CheckStream call: where its requests go, and its replies.
+async fn open_stream(
+    client: &RateLimitServiceClient<Channel>,
+    capacity: usize,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::Sender<pb::CheckStreamRequest>,
+    tonic::Streaming<pb::CheckStreamResponse>,
+)> {
+    let (requests, outgoing) = tokio::sync::mpsc::channel(capacity.max(1));
+    let replies = client
+        .clone()
+        .check_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    Ok((requests, replies))
+}
+
+/// Closed loop over CheckStream: `concurrency` decisions in flight, spread over one stream per connection,
+/// each stream driven by its own task as a gateway's connection would. Same result as [`throughput`].
+async fn stream_throughput(
+    clients: &Clients,
+    rule: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<(f64, u64, u64)> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let streams = args.connections.min(args.concurrency);
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        // The first `concurrency % streams` streams carry one more.
+        let depth = args.concurrency / streams + usize::from(s < args.concurrency % streams);
+        let (requests, mut replies) = open_stream(&clients.redline[s], depth).await?;
+        let (rule, keys) = (rule.to_owned(), args.keys);
+        tasks.push(tokio::spawn(async move {
+            let mut next = (s as u64) << 40;
+            for _ in 0..depth {
+                requests.send(stream_request(&rule, next, keys)).await?;
+                next += 1;
+            }
+            let (mut done, mut failed, mut pending) = (0u64, 0u64, depth);
+            while pending > 0 {
+                let Some(reply) = replies.message().await? else {
+                    bail!("the stream ended with {pending} requests unanswered");
+                };
+                pending -= 1;
+                done += 1;
+                failed += u64::from(!stream_allowed(&reply));
+                if Instant::now() < deadline {
+                    requests.send(stream_request(&rule, next, keys)).await?;
+                    next += 1;
+                    pending += 1;
+                }
+            }
+            anyhow::Ok((done, failed))
+        }));
+    }
+    let (mut done, mut failed) = (0u64, 0u64);
+    for task in tasks {
+        let (d, f) = task.await??;
+        done += d;
+        failed += f;
+    }
+    Ok((done as f64 / started.elapsed().as_secs_f64(), done, failed))
+}
+
+/// What an open-loop run records: each decision's latency, how late each call was issued against the
+/// schedule, and the failed calls.
+struct Recorder {
+    latency: Histogram<u64>,
+    lag: Histogram<u64>,
+    failed: u64,
+}
+
+/// The figures of an open-loop run: (p50 ms, p99 ms, p99 lag behind the schedule in ms, failed calls).
+type LatencyFigures = (f64, f64, f64, u64);
+
+impl Recorder {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            latency: Histogram::new(3)?,
+            lag: Histogram::new(3)?,
+            failed: 0,
+        })
+    }
+
+    /// A call scheduled for `at` is being issued now.
+    fn issued(&mut self, at: Instant) {
+        let _ = self.lag.record(micros(at.elapsed()));
+    }
+
+    fn answered(&mut self, latency: Duration, ok: bool) {
+        let _ = self.latency.record(micros(latency));
+        self.failed += u64::from(!ok);
+    }
+
+    fn figures(&self) -> LatencyFigures {
+        let ms = |h: &Histogram<u64>, q| h.value_at_quantile(q) as f64 / 1000.0;
+        (
+            ms(&self.latency, 0.50),
+            ms(&self.latency, 0.99),
+            ms(&self.lag, 0.99),
+            self.failed,
+        )
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Open loop over one CheckStream: as [`latency`], with each reply matched to its request by order.
+async fn stream_latency(
+    clients: &Clients,
+    rule: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<LatencyFigures> {
+    let mut schedule = pace(args.rate, args.rate * args.latency_seconds);
+    let (requests, mut replies) = open_stream(&clients.redline[0], 1024).await?;
+    let mut issued_at = std::collections::VecDeque::new();
+    let mut recorder = Recorder::new()?;
+    let mut issued = 0u64;
+    let mut scheduling = true;
+    while scheduling || !issued_at.is_empty() {
+        tokio::select! {
+            at = schedule.recv(), if scheduling => match at {
+                Some(at) => {
+                    recorder.issued(at);
+                    let request = stream_request(rule, 1_000_000_000 + issued, args.keys);
+                    requests.send(request).await?;
+                    issued_at.push_back(Instant::now());
+                    issued += 1;
+                }
+                None => scheduling = false,
+            },
+            reply = replies.message() => {
+                let Some(reply) = reply? else { bail!("the stream ended early") };
+                let Some(at) = issued_at.pop_front() else { bail!("a reply without a request") };
+                recorder.answered(at.elapsed(), stream_allowed(&reply));
+            }
+        }
+    }
+    Ok(recorder.figures())
+}
+
 /// Closed loop, `concurrency` calls in flight: (decisions per second, decisions, failed calls).
 async fn throughput(clients: &Clients, scenario: &str, args: &BenchArgs) -> (f64, u64, u64) {
     let started = Instant::now();
@@ -291,40 +482,60 @@ async fn script_totals(redis: &fred::clients::Client) -> Option<(u64, u64)> {
     Some((field("calls=")?, field("usec=")?))
 }
 
-/// Open loop at `rate` per second: (p50 ms, p99 ms, failed calls). One task issues the calls on the ticker's
-/// schedule and collects their answers, as a client's event loop would; each latency runs from the moment
-/// its call is issued to its answer.
+/// The schedule of an open-loop run: `total` instants `1/rate` apart, each sent when it comes.
+///
+/// A thread sleeping to each instant keeps the schedule to tens of µs. Tokio's timer has a resolution of
+/// 1 ms: an `interval` shorter than that fires in bursts (five calls at once every millisecond at 5,000/s),
+/// and each burst queues behind itself in the client, the service and Redis, which is the benchmark's doing,
+/// not the service's.
+fn pace(rate: u64, total: u64) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    std::thread::spawn(move || {
+        // Linux lets a sleeping thread wake up to 50 µs late by default (timer slack); 1 µs keeps the
+        // schedule. Where it cannot be set the lateness only adds to the figures.
+        let _ = nix::sys::prctl::set_timerslack(1_000);
+        let start = Instant::now();
+        for k in 0..total {
+            let at = start + period.mul_f64(k as f64);
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if tx.send(at).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Open loop at `rate` per second. Each call is issued when [`pace`] says, and its latency runs from that moment to its answer, as a
+/// client's own instrumentation would see it. How late calls were issued against the schedule (the pacing
+/// thread's wake-up plus this runtime's) is reported beside it: a client that falls behind would otherwise
+/// lower the offered rate unnoticed.
 async fn latency(
     clients: &Clients,
     scenario: &str,
     args: &BenchArgs,
-) -> anyhow::Result<(f64, f64, u64)> {
-    let total = args.rate * args.latency_seconds;
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+) -> anyhow::Result<LatencyFigures> {
+    let mut schedule = pace(args.rate, args.rate * args.latency_seconds);
     let mut inflight = FuturesUnordered::new();
-    let mut histogram = Histogram::<u64>::new(3)?;
-    let (mut issued, mut failed) = (0u64, 0u64);
+    let mut recorder = Recorder::new()?;
+    let mut issued = 0u64;
     loop {
         tokio::select! {
-            _ = ticker.tick(), if issued < total => {
+            Some(at) = schedule.recv() => {
+                recorder.issued(at);
                 let call = call(clients, scenario, 1_000_000_000 + issued, args.keys);
-                let started = Instant::now();
-                inflight.push(async move { (call.await, started.elapsed()) });
+                let issued_at = Instant::now();
+                inflight.push(async move { (call.await, issued_at.elapsed()) });
                 issued += 1;
             }
-            Some((ok, elapsed)) = inflight.next() => {
-                let _ = histogram.record(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
-                failed += u64::from(!ok);
-            }
+            Some((ok, elapsed)) = inflight.next() => recorder.answered(elapsed, ok),
             else => break,
         }
     }
-    Ok((
-        histogram.value_at_quantile(0.50) as f64 / 1000.0,
-        histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        failed,
-    ))
+    Ok(recorder.figures())
 }
 
 /// Figures of one scenario, one entry per run.
@@ -355,6 +566,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         || args.keys == 0
     {
         bail!("--runs, --concurrency, --connections, --rate and --keys must be at least 1");
+    }
+    if let Some(unknown) = args
+        .scenarios
+        .iter()
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        bail!(
+            "unknown scenario {unknown:?}; the scenarios are {}",
+            SCENARIOS.join(", ")
+        );
     }
     let (_private, url) = match &args.redis_url {
         Some(url) => (None, url.clone()),
@@ -394,7 +615,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .args(&command[1..])
                 .args(["--listen", &listen])
                 .args(&flags)
-                .env("RUST_LOG", "warn")
+                // The service's default level, as deployed: it keeps a span per call.
+                .env("RUST_LOG", "info")
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
@@ -478,11 +700,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             // reply would cost a cross-thread wake-up that is the benchmark's, not the service's.
             let (c, s, a) = (clients.clone(), scenario.clone(), args.clone());
             let before = script_totals(&redis).await;
-            let (r, done, f1) = tokio::spawn(async move { throughput(&c, &s, &a).await }).await?;
+            let (r, done, f1) = tokio::spawn(async move {
+                if let Some(rule) = stream_rule(&s) {
+                    stream_throughput(&c, rule, &a).await
+                } else {
+                    Ok(throughput(&c, &s, &a).await)
+                }
+            })
+            .await??;
             let after = script_totals(&redis).await;
             let (c, s, a) = (clients.clone(), scenario.clone(), args.clone());
-            let (l50, l99, f2) = tokio::spawn(async move { latency(&c, &s, &a).await }).await??;
-            eprintln!("run {run}: {scenario:<8} {r:>9.0}/s  p50 {l50:.3} ms  p99 {l99:.3} ms");
+            let (l50, l99, lag, f2) = tokio::spawn(async move {
+                if let Some(rule) = stream_rule(&s) {
+                    stream_latency(&c, rule, &a).await
+                } else {
+                    latency(&c, &s, &a).await
+                }
+            })
+            .await??;
+            eprintln!(
+                "run {run}: {scenario:<14} {r:>9.0}/s  p50 {l50:.3} ms  p99 {l99:.3} ms  \
+                 (issued behind schedule: p99 {lag:.3} ms)"
+            );
             if let (Some((calls0, us0)), Some((calls1, us1))) = (before, after)
                 && calls1 > calls0
                 && done > 0
@@ -503,11 +742,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.runs
     );
     println!(
-        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>9} {:>10} {:>10}",
+        "{:<14} {:>12} {:>10} {:>12} {:>12} {:>9} {:>10} {:>10}",
         "scenario", "decisions/s", "ratio", "p50 ms", "p99 ms", "failures", "script µs", "per call"
     );
     println!(
-        "{:<10} {:>12} {:>10} {:>12} {:>12} {:>9} {:>10} {:>10}",
+        "{:<14} {:>12} {:>10} {:>12} {:>12} {:>9} {:>10} {:>10}",
         "",
         format!("({} in flight)", args.concurrency),
         "",
@@ -529,7 +768,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             )
         };
         println!(
-            "{:<10} {rps:>12.0} {:>9.0}% {:>12.3} {:>12.3} {:>9} {script_us:>10} {per_call:>10}",
+            "{:<14} {rps:>12.0} {:>9.0}% {:>12.3} {:>12.3} {:>9} {script_us:>10} {per_call:>10}",
             row.scenario,
             100.0 * rps / reference_rps,
             median(row.p50),
@@ -558,4 +797,29 @@ async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("the in-process service did not start")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schedule is the offered load: instants `1/rate` apart, none released before its time (a timer
+    /// coarser than the period would release several at once, early).
+    #[tokio::test]
+    async fn the_schedule_releases_each_instant_on_time() {
+        let mut schedule = pace(5_000, 100);
+        let mut instants = Vec::new();
+        while let Some(at) = schedule.recv().await {
+            assert!(Instant::now() >= at, "released early");
+            instants.push(at);
+        }
+        assert_eq!(instants.len(), 100);
+        for (k, at) in instants.iter().enumerate() {
+            let offset = at.duration_since(instants[0]).as_secs_f64();
+            assert!(
+                (offset - k as f64 / 5_000.0).abs() < 1e-6,
+                "instant {k} at {offset}"
+            );
+        }
+    }
 }

@@ -1,8 +1,11 @@
 //! The gRPC surface: `redline.ratelimit.v1.RateLimitService` and Envoy's
 //! `envoy.service.ratelimit.v3.RateLimitService`. Wire types stop here; the engine sees domain types only.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::{Stream, StreamExt};
 
 use redline_proto::envoy::config::core::v3::HeaderValue;
 use redline_proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
@@ -12,7 +15,8 @@ use redline_proto::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use redline_proto::envoy::r#type::v3::RateLimitUnit;
 use redline_proto::redline::ratelimit::v1 as pb;
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::limiter::{
     Decision, DecisionRequest, DescriptorRequest, LimitError, LimitResult, Limiter, Source,
@@ -250,38 +254,117 @@ fn counters(limiter: &Limiter) -> pb::DecisionCounters {
 
 // === redline.ratelimit.v1 ===
 
+/// Most decisions of one CheckStream in progress at once. Past it the service stops reading the stream, and
+/// HTTP/2 flow control holds the caller back.
+const STREAM_IN_FLIGHT: usize = 256;
+
 /// `redline.ratelimit.v1.RateLimitService`.
 #[derive(Debug, Clone)]
 pub struct RedlineService {
     limiter: Arc<Limiter>,
+    /// Cancelled when the server stops accepting calls: CheckStream calls then end, or they would hold the
+    /// drain open for as long as their callers keep them.
+    closing: CancellationToken,
 }
 
 impl RedlineService {
-    /// Serves decisions from `limiter`.
-    pub fn new(limiter: Arc<Limiter>) -> Self {
-        Self { limiter }
+    /// Serves decisions from `limiter`; streams end once `closing` is cancelled.
+    pub fn new(limiter: Arc<Limiter>, closing: CancellationToken) -> Self {
+        Self { limiter, closing }
     }
 }
 
+/// Check's work, for Check and for each request of CheckStream.
+async fn decide_check(
+    limiter: &Limiter,
+    r: &pb::CheckRequest,
+) -> Result<pb::CheckResponse, LimitError> {
+    let cost = if r.cost == 0 { 1 } else { r.cost };
+    let target = Target {
+        domain: &r.domain,
+        descriptors: &r.descriptors,
+        key: &r.key,
+        limits: &r.limits,
+        expression: &r.limit_expression,
+    };
+    let req = to_decision_request(&target, cost, r.dry_run)?;
+    Ok(check_response(&limiter.decide(&req).await?))
+}
+
+/// One CheckStream reply: the decision, or the status Check would have answered, carried in the message so
+/// that one bad request does not end the stream.
+fn stream_reply(result: Result<pb::CheckResponse, LimitError>) -> pb::CheckStreamResponse {
+    use pb::check_stream_response::Result as Reply;
+    let reply = match result {
+        Ok(response) => Reply::Response(response),
+        Err(e) => {
+            let status = fail(e);
+            Reply::Error(redline_proto::google::rpc::Status {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                details: Vec::new(),
+            })
+        }
+    };
+    pb::CheckStreamResponse {
+        result: Some(reply),
+    }
+}
+
+/// The replies of a CheckStream call.
+pub type CheckReplies = Pin<Box<dyn Stream<Item = Result<pb::CheckStreamResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::rate_limit_service_server::RateLimitService for RedlineService {
-    #[tracing::instrument(skip_all, fields(domain = %request.get_ref().domain))]
+    // Debug level: every call already has its `grpc` span, and a second one per decision costs more than
+    // the decision's own work in the service.
+    #[tracing::instrument(level = "debug", skip_all, fields(domain = %request.get_ref().domain))]
     async fn check(
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let r = request.into_inner();
-        let cost = if r.cost == 0 { 1 } else { r.cost };
-        let target = Target {
-            domain: &r.domain,
-            descriptors: &r.descriptors,
-            key: &r.key,
-            limits: &r.limits,
-            expression: &r.limit_expression,
-        };
-        let req = to_decision_request(&target, cost, r.dry_run).map_err(fail)?;
-        let decision = self.limiter.decide(&req).await.map_err(fail)?;
-        Ok(Response::new(check_response(&decision)))
+        decide_check(&self.limiter, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(fail)
+    }
+
+    type CheckStreamStream = CheckReplies;
+
+    async fn check_stream(
+        &self,
+        request: Request<Streaming<pb::CheckStreamRequest>>,
+    ) -> Result<Response<CheckReplies>, Status> {
+        // The requests as read, then, if the server is closing, one UNAVAILABLE in place of the rest. Every
+        // item goes through the same ordered buffer below, so that error comes after the replies of every
+        // request read before it.
+        let requests = futures::stream::unfold(
+            Some((request.into_inner(), self.closing.clone())),
+            |state| async move {
+                let (mut incoming, closing) = state?;
+                tokio::select! {
+                    biased;
+                    () = closing.cancelled() => {
+                        Some((Err(Status::unavailable("the server is shutting down")), None))
+                    }
+                    item = incoming.next() => item.map(|item| (item, Some((incoming, closing)))),
+                }
+            },
+        );
+        let limiter = self.limiter.clone();
+        let replies = requests
+            .map(move |item| {
+                let limiter = limiter.clone();
+                async move {
+                    // A message that does not decode ends the call with its status: the stream can no
+                    // longer be trusted to line replies up with requests.
+                    let r = item?.request.unwrap_or_default();
+                    Ok(stream_reply(decide_check(&limiter, &r).await))
+                }
+            })
+            // In request order, so the caller needs no correlation id: the n-th reply answers the n-th request.
+            .buffered(STREAM_IN_FLIGHT);
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn list_rules(
@@ -619,7 +702,7 @@ fn envoy_response(d: &Decision, r: &envoy::RateLimitRequest) -> envoy::RateLimit
 
 #[tonic::async_trait]
 impl envoy::rate_limit_service_server::RateLimitService for EnvoyService {
-    #[tracing::instrument(skip_all, fields(domain = %request.get_ref().domain))]
+    #[tracing::instrument(level = "debug", skip_all, fields(domain = %request.get_ref().domain))]
     async fn should_rate_limit(
         &self,
         request: Request<envoy::RateLimitRequest>,

@@ -243,12 +243,21 @@ pub async fn run(
         &[redline_proto::FILE_DESCRIPTOR_SET],
     )?;
 
-    let drained = redline_runtime::grpc::drain(
-        health.clone(),
-        &READINESS_NAMES,
-        shutdown.clone(),
-        config.shutdown_delay,
-    );
+    // Cancelled when the listener closes: CheckStream calls end then, letting the drain finish.
+    let closing = CancellationToken::new();
+    let drained = {
+        let closing = closing.clone();
+        let drain = redline_runtime::grpc::drain(
+            health.clone(),
+            &READINESS_NAMES,
+            shutdown.clone(),
+            config.shutdown_delay,
+        );
+        async move {
+            drain.await;
+            closing.cancel();
+        }
+    };
     let result = tonic::transport::Server::builder()
         // A span per call, parented on the caller's `traceparent`.
         .trace_fn(redline_runtime::telemetry::grpc_server_span)
@@ -256,6 +265,7 @@ pub async fn run(
         .add_optional_service(reflection)
         .add_service(RedlineServer::new(grpc::RedlineService::new(
             limiter.clone(),
+            closing,
         )))
         .add_service(EnvoyServer::new(grpc::EnvoyService::new(limiter)))
         .serve_with_incoming_shutdown(

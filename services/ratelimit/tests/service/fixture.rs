@@ -330,10 +330,14 @@ impl Service {
         connect_retry(&self.endpoint, EnvoyClient::connect).await
     }
 
-    pub async fn stop(mut self) {
+    /// Shuts the service down; whether it finished draining within 5 s.
+    pub async fn stop(mut self) -> bool {
         self.shutdown.cancel();
-        if let Some(h) = self.handle.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        match self.handle.take() {
+            Some(h) => tokio::time::timeout(Duration::from_secs(5), h)
+                .await
+                .is_ok(),
+            None => true,
         }
     }
 }

@@ -7,3 +7,4 @@ mod envoy;
 mod failure;
 mod fixture;
 mod persistence;
+mod stream;
