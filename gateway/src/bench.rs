@@ -159,6 +159,7 @@ fn limits() -> Vec<rl::LimitSpec> {
         window: prost_types::Duration::try_from(Duration::from_millis(l.window_ms)).ok(),
         algorithm: rl::Algorithm::FixedWindow as i32,
         failure_mode: rl::FailureMode::Error as i32,
+        ..rl::LimitSpec::default()
     })
     .collect()
 }

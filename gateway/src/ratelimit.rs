@@ -139,6 +139,7 @@ impl RateLimiter {
                 // RateLimitService without its Redis answers UNAVAILABLE, so the gateway's own failure mode
                 // is the one policy for both outages (the service's and its Redis's).
                 failure_mode: pb::FailureMode::Error as i32,
+                ..pb::LimitSpec::default()
             })
             .collect();
         let message = pb::CheckRequest {

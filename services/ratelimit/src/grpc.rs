@@ -139,7 +139,7 @@ fn limit_from_pb(spec: &pb::LimitSpec) -> Result<LimitDef, LimitError> {
         limit: spec.limit,
         window_ms,
         algorithm,
-        mode: Mode::Enforced,
+        mode: Mode::from_flags(spec.shadow_mode, spec.quota_mode),
         failure_mode,
     })
 }

@@ -41,6 +41,18 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode of a limit from its `shadow_mode` and `quota_mode` flags: shadow wins, since a limit being
+    /// tried out must not refuse anything, quota or not.
+    pub fn from_flags(shadow: bool, quota: bool) -> Self {
+        if shadow {
+            Self::Shadow
+        } else if quota {
+            Self::Quota
+        } else {
+            Self::Enforced
+        }
+    }
+
     /// Code passed to the decision script.
     pub(crate) fn code(self) -> u8 {
         match self {

@@ -93,13 +93,7 @@ struct DescriptorYaml {
 
 impl DescriptorYaml {
     fn mode(&self) -> Mode {
-        if self.shadow_mode {
-            Mode::Shadow
-        } else if self.quota_mode {
-            Mode::Quota
-        } else {
-            Mode::Enforced
-        }
+        Mode::from_flags(self.shadow_mode, self.quota_mode)
     }
 }
 

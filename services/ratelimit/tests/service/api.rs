@@ -103,6 +103,58 @@ async fn a_refused_request_consumes_nothing_from_its_other_limits() {
     service.stop().await;
 }
 
+/// A caller's own limits can be shadow or quota limits, with the rule file's meaning: a shadow limit reports
+/// and never refuses; quotas refuse only once every one of them is spent.
+#[tokio::test]
+async fn caller_supplied_limits_take_shadow_and_quota_modes() {
+    let redis = Redis::start();
+    let service = Service::start(&redis.url(), &[]).await;
+    let mut client = service.client().await;
+    let minute = Duration::from_secs(60);
+    let limit = |name: &str, n: u64, shadow: bool, quota: bool| pb::LimitSpec {
+        shadow_mode: shadow,
+        quota_mode: quota,
+        ..spec(name, n, minute, pb::Algorithm::FixedWindow)
+    };
+    let request = || pb::CheckRequest {
+        key: "modes".to_owned(),
+        limits: vec![
+            limit("trial", 1, true, false),
+            limit("quota-a", 1, false, true),
+            limit("quota-b", 2, false, true),
+            // Both flags: shadow wins.
+            limit("both", 1, true, true),
+        ],
+        ..Default::default()
+    };
+    let flags = |r: &pb::CheckResponse| {
+        r.limits
+            .iter()
+            .map(|l| (l.shadow_mode, l.quota_mode, l.refused))
+            .collect::<Vec<_>>()
+    };
+
+    let first = check(&mut client, request()).await;
+    assert!(first.allowed);
+    // The second request: the trial limit and quota-a are over, quota-b has room, so it passes.
+    let second = check(&mut client, request()).await;
+    assert!(second.allowed, "{second:?}");
+    assert_eq!(
+        flags(&second),
+        vec![
+            (true, false, true),
+            (false, true, true),
+            (false, true, false),
+            (true, false, true)
+        ]
+    );
+    // The third: every quota is spent, so it is refused.
+    let third = check(&mut client, request()).await;
+    assert!(!third.allowed, "{third:?}");
+    assert!(third.limits[1].refused && third.limits[2].refused);
+    service.stop().await;
+}
+
 #[tokio::test]
 async fn dry_run_reports_without_consuming_and_reset_forgives() {
     let redis = Redis::start();

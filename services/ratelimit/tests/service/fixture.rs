@@ -391,5 +391,6 @@ pub fn spec(name: &str, limit: u64, window: Duration, algorithm: pb::Algorithm) 
         window: Some(prost_types::Duration::try_from(window).unwrap()),
         algorithm: algorithm.into(),
         failure_mode: pb::FailureMode::Unspecified.into(),
+        ..Default::default()
     }
 }
