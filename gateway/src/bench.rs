@@ -1,8 +1,9 @@
 //! REST `POST /tasks/submit` against direct gRPC `SubmitTask`, both rate limited through RateLimitService.
 //!
-//! The direct path is what a gRPC client that honours the same limits does: `Check`, then `SubmitTask`. The
-//! REST path is one HTTP request, for which the gateway does the same two calls. The difference is the
-//! gateway's cost: HTTP/1.1 parsing, JSON translation and one more hop.
+//! The direct path is what a gRPC client that honours the same limits does with unary calls: `Check`, then
+//! `SubmitTask`. The REST path is one HTTP request, for which the gateway makes the same decision over its
+//! long-lived `CheckStream` and then calls `SubmitTask`. The difference is the gateway's cost (HTTP/1.1
+//! parsing, JSON translation and one more hop) less what the stream saves over a unary `Check`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -6,7 +6,8 @@
 //! - [`routes`]: the route table and handlers (JSON ↔ TaskService).
 //! - [`http_rules`]: the protos' `google.api.http` rules, which the route table must match.
 //! - [`error`]: the gRPC-code → HTTP table and the JSON error body.
-//! - [`ratelimit`]: per-route, per-client limits checked with RateLimitService, and the failure mode.
+//! - [`ratelimit`]: per-route, per-client limits checked with RateLimitService, and the failure mode;
+//!   [`decision_stream`]: those decisions over long-lived `CheckStream` calls.
 //! - [`auth`]: optional API keys.
 //! - [`openapi`]: the document served at `/openapi.json`.
 //! - [`bench`]: REST against direct gRPC submit throughput.
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod decision_stream;
 pub mod error;
 pub mod http_rules;
 pub mod json;
@@ -81,6 +83,11 @@ impl Backend {
             channels: channels.into(),
             next: Arc::default(),
         })
+    }
+
+    /// Every connection.
+    pub fn channels(&self) -> &[Channel] {
+        &self.channels
     }
 
     /// The channel for the next call.

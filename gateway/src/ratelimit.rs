@@ -1,5 +1,6 @@
 //! Rate limiting of the /tasks routes through RateLimitService, with the gateway's own limits sent in every
-//! `Check`, and the configured failure mode when the service cannot be reached.
+//! decision (over `CheckStream`, see [`crate::decision_stream`]), and the configured failure mode when the
+//! service cannot be reached.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,13 +13,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 use redline_proto::redline::ratelimit::v1 as pb;
-use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
 use redline_ratelimit::limits::LimitDef;
 use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::AppState;
 use crate::config::{Config, FailureMode};
+use crate::decision_stream::DecisionStreams;
 use crate::error::ApiError;
 
 /// One limit's state after a decision.
@@ -68,7 +69,7 @@ pub fn limit_text(limit: u64, window_ms: u64) -> String {
 
 /// The limiter shared by all requests.
 pub struct RateLimiter {
-    client: Option<crate::Backend>,
+    streams: Option<DecisionStreams>,
     timeout: Duration,
     failure_mode: FailureMode,
     /// Fixed windows kept in process while RateLimitService is away: key → (window start, count).
@@ -107,7 +108,7 @@ impl RateLimiter {
     /// A limiter calling `client`; `None` disables rate limiting.
     pub fn new(client: Option<crate::Backend>, config: &Config) -> Self {
         Self {
-            client,
+            streams: client.map(DecisionStreams::new),
             timeout: config.ratelimit_timeout,
             failure_mode: config.failure_mode,
             local: Mutex::new(HashMap::new()),
@@ -122,7 +123,7 @@ impl RateLimiter {
         client: &str,
         limits: &[LimitDef],
     ) -> Result<Option<Decision>, ApiError> {
-        let Some(rls) = &self.client else {
+        let Some(streams) = &self.streams else {
             return Ok(None);
         };
         if limits.is_empty() {
@@ -147,41 +148,31 @@ impl RateLimiter {
             limits: specs,
             ..Default::default()
         };
-        let timeout = self.timeout;
-        // Each attempt takes the next connection: a retry after a broken one goes elsewhere.
-        let attempt = |message: pb::CheckRequest| {
-            let mut rls = RateLimitServiceClient::new(rls.channel());
-            let mut request = tonic::Request::new(message);
-            request.set_timeout(timeout);
-            async move { rls.check(request).await }
-        };
+        // Each attempt takes the next lane: a retry after a broken stream goes elsewhere.
         let decide = async {
-            match attempt(message.clone()).await {
-                // A connection broken by a restart of RateLimitService fails once; the channel reconnects.
-                Err(s) if s.code() == tonic::Code::Unavailable => attempt(message).await,
+            match streams.check(message.clone()).await {
+                // A stream broken by a restart of RateLimitService fails once; the lane reopens it.
+                Err(s) if s.code() == tonic::Code::Unavailable => streams.check(message).await,
                 other => other,
             }
         };
         match tokio::time::timeout(self.timeout, decide).await {
-            Ok(Ok(resp)) => {
-                let resp = resp.into_inner();
-                Ok(Some(Decision {
-                    allowed: resp.allowed,
-                    retry_after: duration(resp.retry_after),
-                    limits: resp
-                        .limits
-                        .into_iter()
-                        .map(|l| LimitView {
-                            text: l.name,
-                            limit: l.limit,
-                            remaining: l.remaining,
-                            reset_after: duration(l.reset_after),
-                            window: duration(l.window),
-                            refused: l.refused,
-                        })
-                        .collect(),
-                }))
-            }
+            Ok(Ok(resp)) => Ok(Some(Decision {
+                allowed: resp.allowed,
+                retry_after: duration(resp.retry_after),
+                limits: resp
+                    .limits
+                    .into_iter()
+                    .map(|l| LimitView {
+                        text: l.name,
+                        limit: l.limit,
+                        remaining: l.remaining,
+                        reset_after: duration(l.reset_after),
+                        window: duration(l.window),
+                        refused: l.refused,
+                    })
+                    .collect(),
+            })),
             // A caller's mistake in the limits is a configuration error, not a reason to stop serving.
             Ok(Err(status)) => {
                 tracing::warn!(code = ?status.code(), error = %status.message(), "rate-limit check failed");
