@@ -433,6 +433,48 @@ async fn rate_limits_headers_429_and_persistence() {
     );
 }
 
+/// Concurrent requests share the gateway's decision streams, and each gets its own decision: requests on two
+/// routes with different limits, all in flight at once, each carry their route's limit, and every allowed
+/// request saw a different count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_get_their_own_decision() {
+    let suite = Suite::start(redline_gateway::Args {
+        route_limits: vec!["GET /tasks/list=7 per hour".into()],
+        ..args()
+    })
+    .await;
+    let paths = ["/tasks/list", "/tasks/queue/stats"];
+    let replies = futures::future::join_all((0..40).map(|i| suite.get(paths[i % 2]))).await;
+    for (path, limit, allowed) in [("/tasks/list", "7", 7), ("/tasks/queue/stats", "50", 20)] {
+        let mut remaining = Vec::new();
+        for r in replies
+            .iter()
+            .skip(usize::from(path != "/tasks/list"))
+            .step_by(2)
+        {
+            assert_eq!(
+                r.header("x-ratelimit-limit"),
+                Some(limit),
+                "{path}: {}",
+                r.body
+            );
+            if r.status == StatusCode::OK {
+                remaining.push(r.header("x-ratelimit-remaining").unwrap_or("").to_owned());
+            } else {
+                assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+            }
+        }
+        assert_eq!(remaining.len(), allowed, "{path}");
+        remaining.sort();
+        remaining.dedup();
+        assert_eq!(
+            remaining.len(),
+            allowed,
+            "{path}: each allowed request saw its own count"
+        );
+    }
+}
+
 /// With RateLimitService down the gateway keeps serving with its local limiter: no 500, no long waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratelimit_down_fails_open_locally() {
