@@ -259,8 +259,9 @@ pub async fn run(
         }
     };
     let result = tonic::transport::Server::builder()
-        // A span per call, parented on the caller's `traceparent`.
-        .trace_fn(redline_runtime::telemetry::grpc_server_span)
+        // A span per call that can be followed (the caller traces, or spans are exported), parented on the
+        // caller's `traceparent`; other decisions skip a span's cost.
+        .trace_fn(redline_runtime::telemetry::followed_grpc_server_span)
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(RedlineServer::new(grpc::RedlineService::new(
