@@ -615,7 +615,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .args(&command[1..])
                 .args(["--listen", &listen])
                 .args(&flags)
-                // The service's default level, as deployed: it keeps a span per call.
+                // The service's default level, as deployed.
                 .env("RUST_LOG", "info")
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true)
