@@ -4,9 +4,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod bench;
-mod client;
-mod up;
+use redline::{client, convert, limits, up};
 
 use clap::{Parser, Subcommand};
 use redline_runtime::{EXIT_USAGE, ProcessEnv};
@@ -77,14 +75,14 @@ enum Command {
         )]
         ratelimit_url: String,
         #[command(subcommand)]
-        cmd: redline_ratelimit::cli::LimitsCommand,
+        cmd: limits::LimitsCommand,
     },
     /// Convert a market-data file locally (csv, txt, json, ndjson, parquet, feather, arrow), no queue.
-    Convert(redline_convert::cli::ConvertArgs),
+    Convert(convert::ConvertArgs),
     /// Benchmarks that print figures and ratios against a reference measured in the same run.
     Bench {
         #[command(subcommand)]
-        what: bench::Bench,
+        what: redline_bench::Bench,
     },
     /// Run one service in the foreground (what `redline up` starts).
     Serve {
@@ -124,16 +122,15 @@ async fn main() {
             dead_letter,
         } => client::list(&cli.endpoint, status, limit, dead_letter).await,
         Command::Inspect { what } => client::inspect(&cli.endpoint, what).await,
-        Command::Limits { ratelimit_url, cmd } => {
-            redline_ratelimit::cli::run(cmd, &ratelimit_url).await
-        }
+        Command::Limits { ratelimit_url, cmd } => limits::run(cmd, &ratelimit_url).await,
         // Conversion is synchronous and CPU-bound: keep it off the async workers.
-        Command::Convert(args) => {
-            tokio::task::spawn_blocking(move || redline_convert::cli::run(args))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("conversion panicked: {e}")))
-        }
-        Command::Bench { what } => bench::run(what).await,
+        Command::Convert(args) => tokio::task::spawn_blocking(move || convert::run(args))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("conversion panicked: {e}"))),
+        Command::Bench { what } => match std::env::current_exe() {
+            Ok(redline) => redline_bench::run(what, redline).await,
+            Err(e) => Err(anyhow::anyhow!("locating the redline binary: {e}")),
+        },
         Command::Serve { service } => match serve(service).await {
             Err(Failure::Usage(e)) => {
                 eprintln!("{e}");

@@ -10,10 +10,8 @@
 //!   [`decision_stream`]: those decisions over long-lived `CheckStream` calls.
 //! - [`auth`]: optional API keys.
 //! - [`openapi`]: the document served at `/openapi.json`.
-//! - [`bench`]: REST against direct gRPC submit throughput.
 
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod decision_stream;
 pub mod error;
@@ -419,17 +417,9 @@ mod tests {
     }
 
     async fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        out.get(9..12)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(out.clone()))
+        redline_testkit::raw_get(addr, path, &[])
+            .await
+            .map(|(status, _)| status)
     }
 
     /// SIGTERM with a shutdown delay: not ready at once, still serving for the delay, then closed.

@@ -17,11 +17,8 @@
 //! - [`download`]: daily OHLCV over HTTP from a Stooq-style CSV endpoint.
 //! - [`tasks`]: the task functions the worker wraps, with progress and cancellation.
 //! - [`validate`]: pure submit-time checks for the task service.
-//! - [`cli`] and [`bench`]: the `redline convert` command and the conversion benchmark.
 
 pub mod analysis;
-pub mod bench;
-pub mod cli;
 pub mod convert;
 pub mod download;
 pub mod error;

@@ -861,38 +861,3 @@ fn empty_inputs_produce_empty_outputs_with_headers() -> TestResult {
     assert_eq!(std::fs::read_to_string(&out)?.lines().count(), 1);
     Ok(())
 }
-
-#[test]
-fn convert_command_converts_and_refuses_to_clobber() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    write_prices(dir.path(), "c.csv", 3)?;
-    let args = |extra: &[&str]| -> Result<cli::ConvertArgs, clap::Error> {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: cli::ConvertArgs,
-        }
-        let input = dir.path().join("c.csv").display().to_string();
-        let output = dir.path().join("c.parquet").display().to_string();
-        let mut argv = vec!["convert".to_owned(), input, output, "-q".to_owned()];
-        argv.extend(extra.iter().map(|s| (*s).to_owned()));
-        <Wrapper as clap::Parser>::try_parse_from(argv).map(|w| w.args)
-    };
-    cli::run(args(&[
-        "--columns",
-        "ticker,close",
-        "--compression",
-        "zstd",
-    ])?)?;
-    let b = read_all(&dir.path().join("c.parquet"), Format::Parquet)?;
-    assert_eq!(b.num_rows(), 3);
-    assert_eq!(
-        b.column(2).null_count(),
-        3,
-        "only ticker and close were kept"
-    );
-    assert!(cli::run(args(&[])?).is_err(), "existing output is kept");
-    cli::run(args(&["--overwrite"])?)?;
-    assert!(cli::run(args(&["--handle-missing", "sideways", "--overwrite"])?).is_err());
-    Ok(())
-}

@@ -13,7 +13,6 @@
 //! - [`connect`]: Redis clients that fail fast and reconnect by themselves;
 //! - [`catalog`]: task type schemas and submit-time validation of arguments;
 //! - [`backoff`]: retry delays;
-//! - [`testing`]: a private redis-server for tests of this and other crates.
 
 pub mod backoff;
 pub mod catalog;
@@ -23,7 +22,6 @@ pub mod keys;
 pub mod model;
 pub mod scripts;
 pub mod store;
-pub mod testing;
 
 pub use error::StoreError;
 pub use model::*;

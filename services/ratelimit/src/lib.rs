@@ -12,11 +12,8 @@
 //!   [`store::model`] the reference arithmetic, [`store::memory`] the bounded in-process fallback.
 //! - [`limiter`]: the decision engine (resolution, `replaces`, timeouts, failure modes).
 //! - [`grpc`]: the redline and Envoy gRPC services and the error → status mapping.
-//! - [`cli`]: `redline limits check|inspect|reset`; [`bench`]: the benchmark.
 //! - `main.rs`: wiring only.
 
-pub mod bench;
-pub mod cli;
 pub mod grpc;
 pub mod limiter;
 pub mod limits;

@@ -3,10 +3,10 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use redline_e2e::Suite;
 use redline_proto::tasks::task_service_client::TaskServiceClient;
 use redline_proto::tasks::*;
 use redline_tasks::json::{json_to_struct, value_to_json};
+use redline_testkit::Suite;
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -26,23 +26,12 @@ struct Data {
 async fn start(download_url: Option<&str>) -> Data {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("prices.csv"), CSV).expect("write csv");
-    let suite = Suite::start_with(Some(dir.path()), download_url)
-        .await
-        .expect("suite");
-    let channel = Channel::from_shared(format!("http://{}", suite.tasks_addr))
-        .expect("url")
-        .connect_lazy();
-    let mut client = TaskServiceClient::new(channel);
-    for _ in 0..100 {
-        if client
-            .get_queue_stats(GetQueueStatsRequest {})
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut suite = Suite::builder().data_dir(dir.path());
+    if let Some(url) = download_url {
+        suite = suite.worker(&["--download-base-url", url]);
     }
+    let suite = suite.start().await;
+    let client = suite.tasks();
     Data { suite, dir, client }
 }
 

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use redline_e2e::Suite;
+use redline_testkit::Suite;
 
 fn python() -> Option<String> {
     if let Ok(p) = std::env::var("REDLINE_PYTHON") {
@@ -32,13 +32,13 @@ async fn python_grpcio_client_submits_watches_and_cancels() {
         eprintln!("skipped: no python with grpcio + grpcio-tools (set REDLINE_PYTHON)");
         return;
     };
-    let suite = Suite::start().await.expect("suite");
+    let suite = Suite::start().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = root.join("tests/python/taskservice_client.py");
     let proto = root.join("proto");
     let out = tokio::process::Command::new(&py)
         .arg(&script)
-        .arg(suite.tasks_addr.to_string())
+        .arg(suite.tasks_addr().to_string())
         .arg(&proto)
         .output()
         .await

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use redline_taskqueue::connect::{self, RedisOptions};
-use redline_taskqueue::testing::RedisServer;
 use redline_taskqueue::*;
+use redline_testkit::RedisServer;
 use serde_json::json;
 
 struct Fixture {

@@ -202,12 +202,3 @@ for _ = 1, tonumber(ARGV[2]) do
 end
 return out
 "#;
-
-/// Minimal `INCR` + `PEXPIRE`-on-first fixed window, the reference the benchmark compares against.
-///
-/// - `KEYS[1]`: counter; `ARGV[1]`: window in ms.
-pub const BENCH_REFERENCE: &str = r#"
-local c = redis.call('INCR', KEYS[1])
-if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return c
-"#;

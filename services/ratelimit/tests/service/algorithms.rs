@@ -14,7 +14,9 @@ use redline_ratelimit::store::model::emission_interval_us;
 use redline_ratelimit::store::redis::{RedisStore, TimeMode, connect};
 use redline_ratelimit::store::{Apply, BatchItem, Store, StoreError};
 
-use crate::fixture::{Redis, Service, spec};
+use redline_testkit::RedisServer;
+
+use crate::fixture::{Service, spec};
 
 const ALGORITHMS: [Algorithm; 3] = [
     Algorithm::FixedWindow,
@@ -57,8 +59,8 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 /// A private redis-server, a current-thread runtime, and a client connected on it.
-fn private_redis() -> (Redis, tokio::runtime::Runtime, fred::clients::Client) {
-    let redis = Redis::start();
+fn private_redis() -> (RedisServer, tokio::runtime::Runtime, fred::clients::Client) {
+    let redis = RedisServer::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -324,7 +326,7 @@ proptest! {
 /// is about atomicity, not latency, and runs beside the others on a small machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_clients_never_over_admit() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let service = Service::start(&redis.url(), &["--timeout-ms", "2000"]).await;
     for algorithm in [
         pb::Algorithm::FixedWindow,

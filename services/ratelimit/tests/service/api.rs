@@ -5,7 +5,9 @@ use std::time::Duration;
 use redline_proto::redline::ratelimit::v1 as pb;
 use tonic::Code;
 
-use crate::fixture::{Redis, ScratchDir, Service, descriptor, rule_file, spec};
+use redline_testkit::RedisServer;
+
+use crate::fixture::{Service, descriptor, rule_file, spec};
 
 const RULES: &str = r#"
 domain: web
@@ -41,7 +43,7 @@ async fn check(
 
 #[tokio::test]
 async fn a_refused_request_consumes_nothing_from_its_other_limits() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let service = Service::start(&redis.url(), &[]).await;
     let mut client = service.client().await;
     let request = |cost| pb::CheckRequest {
@@ -107,7 +109,7 @@ async fn a_refused_request_consumes_nothing_from_its_other_limits() {
 /// and never refuses; quotas refuse only once every one of them is spent.
 #[tokio::test]
 async fn caller_supplied_limits_take_shadow_and_quota_modes() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let service = Service::start(&redis.url(), &[]).await;
     let mut client = service.client().await;
     let minute = Duration::from_secs(60);
@@ -157,7 +159,7 @@ async fn caller_supplied_limits_take_shadow_and_quota_modes() {
 
 #[tokio::test]
 async fn dry_run_reports_without_consuming_and_reset_forgives() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let service = Service::start(&redis.url(), &[]).await;
     let mut client = service.client().await;
     let request = |dry_run| pb::CheckRequest {
@@ -192,10 +194,10 @@ async fn dry_run_reports_without_consuming_and_reset_forgives() {
 /// it, each value has its own.
 #[tokio::test]
 async fn share_threshold_wildcards_share_one_counter() {
-    let redis = Redis::start();
-    let dir = ScratchDir::new("share");
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = rule_file(
-        &dir.0,
+        dir.path(),
         r#"
 domain: files
 descriptors:
@@ -235,9 +237,9 @@ descriptors:
 
 #[tokio::test]
 async fn rules_apply_with_multipliers_shadow_mode_and_replaces() {
-    let redis = Redis::start();
-    let dir = ScratchDir::new("rules");
-    let path = rule_file(&dir.0, RULES);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = rule_file(dir.path(), RULES);
     let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
     let mut client = service.client().await;
 
@@ -318,10 +320,10 @@ async fn rules_apply_with_multipliers_shadow_mode_and_replaces() {
 
 #[tokio::test]
 async fn rule_files_reload_and_invalid_ones_are_rejected() {
-    let redis = Redis::start();
-    let dir = ScratchDir::new("reload");
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = rule_file(
-        &dir.0,
+        dir.path(),
         "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
     );
     let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
@@ -366,10 +368,10 @@ async fn rule_files_reload_and_invalid_ones_are_rejected() {
 
 #[tokio::test]
 async fn bad_input_is_invalid_argument_never_a_panic() {
-    let redis = Redis::start();
-    let dir = ScratchDir::new("bad");
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = rule_file(
-        &dir.0,
+        dir.path(),
         "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
     );
     let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
@@ -486,7 +488,7 @@ async fn bad_input_is_invalid_argument_never_a_panic() {
 async fn health_and_reflection_are_served() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let service = Service::start(&redis.url(), &[]).await;
     let mut health = HealthClient::new(
         tonic::transport::Channel::from_shared(service.endpoint.clone())
@@ -517,79 +519,5 @@ async fn health_and_reflection_are_served() {
         }
         assert_eq!(status, ServingStatus::Serving, "{name}");
     }
-    service.stop().await;
-}
-
-#[tokio::test]
-async fn cli_commands_talk_to_the_service() {
-    use redline_ratelimit::cli::{LimitsCommand, TargetArgs, run};
-    let redis = Redis::start();
-    let service = Service::start(&redis.url(), &[]).await;
-    let target = TargetArgs {
-        domain: String::new(),
-        entries: Vec::new(),
-        key: Some("cli-user".to_owned()),
-        limits: Some("2 per minute".to_owned()),
-    };
-    for _ in 0..3 {
-        run(
-            LimitsCommand::Check {
-                target: target.clone(),
-                cost: 1,
-                dry_run: false,
-            },
-            &service.endpoint,
-        )
-        .await
-        .unwrap();
-    }
-    run(
-        LimitsCommand::Inspect {
-            target: target.clone(),
-        },
-        &service.endpoint,
-    )
-    .await
-    .unwrap();
-    let mut client = service.client().await;
-    let inspect = |client: &mut pb::rate_limit_service_client::RateLimitServiceClient<
-        tonic::transport::Channel,
-    >| {
-        let mut client = client.clone();
-        async move {
-            client
-                .inspect_key(pb::InspectKeyRequest {
-                    key: "cli-user".to_owned(),
-                    limit_expression: "2 per minute".to_owned(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .limits[0]
-                .remaining
-        }
-    };
-    assert_eq!(
-        inspect(&mut client).await,
-        0,
-        "two of three CLI checks consumed quota"
-    );
-    run(LimitsCommand::Reset { target }, &service.endpoint)
-        .await
-        .unwrap();
-    assert_eq!(inspect(&mut client).await, 2);
-    // A bad request is an error, not a panic.
-    let bad = TargetArgs {
-        domain: String::new(),
-        entries: Vec::new(),
-        key: Some("x".to_owned()),
-        limits: Some("lots per fortnight".to_owned()),
-    };
-    assert!(
-        run(LimitsCommand::Inspect { target: bad }, &service.endpoint)
-            .await
-            .is_err()
-    );
     service.stop().await;
 }

@@ -7,7 +7,9 @@ use redline_proto::redline::ratelimit::v1 as pb;
 use redline_ratelimit::limits::{Algorithm, FailureMode, LimitDef, Mode};
 use redline_ratelimit::store::keys::{KeySpace, hash_tag};
 
-use crate::fixture::{Cluster, Service, spec};
+use redline_testkit::RedisCluster;
+
+use crate::fixture::{Service, spec};
 
 /// The slot of a client's counters in domain `web` (the prefix is outside the hash tag).
 fn slot_of(client: &str) -> u16 {
@@ -38,7 +40,7 @@ fn descriptor(client: &str, limits: Vec<pb::LimitSpec>) -> pb::Descriptor {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_spanning_cluster_slots_are_decided_all_or_nothing() {
-    let cluster = Cluster::start();
+    let cluster = RedisCluster::start();
     // Two clients whose counters live on different primaries (slots 0–5460 and 10923–16383 of three).
     let low = (0..1000)
         .map(|i| format!("a{i}"))

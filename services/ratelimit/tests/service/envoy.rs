@@ -8,7 +8,9 @@ use redline_proto::envoy::extensions::common::ratelimit::v3::rate_limit_descript
 use redline_proto::envoy::service::ratelimit::v3::rate_limit_response::{Code, rate_limit::Unit};
 use redline_proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 
-use crate::fixture::{Redis, ScratchDir, Service, rule_file};
+use redline_testkit::RedisServer;
+
+use crate::fixture::{Service, rule_file};
 
 /// Protobuf bytes written by hand from the field numbers of Envoy's `rls.proto` (not from our generated
 /// types): domain=1, descriptors=2 (entries=1 {key=1, value=2}, limit=2 {requests_per_unit=1, unit=2},
@@ -52,7 +54,7 @@ fn envoy_wire_layout_decodes_field_by_field() {
 
 #[tokio::test]
 async fn should_rate_limit_fills_statuses_and_headers() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let service = Service::start(&redis.url(), &[]).await;
     let mut envoy = service.envoy().await;
     let request = RateLimitRequest::decode(envoy_encoded_request().as_slice()).unwrap();
@@ -219,9 +221,9 @@ descriptors:
 
 #[tokio::test]
 async fn envoyproxy_ratelimit_examples_behave_as_documented() {
-    let redis = Redis::start();
-    let dir = ScratchDir::new("examples");
-    let path = rule_file(&dir.0, EXAMPLES);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = rule_file(dir.path(), EXAMPLES);
     let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
     let mut envoy = service.envoy().await;
     let mut ask = async |domain: &str, descriptors: Vec<RateLimitDescriptor>| {
@@ -397,10 +399,10 @@ async fn envoyproxy_ratelimit_examples_behave_as_documented() {
 #[tokio::test]
 async fn quota_mode_refuses_only_when_every_quota_is_spent() {
     use prost_types::value::Kind;
-    let redis = Redis::start();
-    let dir = ScratchDir::new("quota");
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = rule_file(
-        &dir.0,
+        dir.path(),
         r"
 domain: ai
 descriptors:

@@ -9,7 +9,9 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::fixture::{Redis, ScratchDir, Service, descriptor, rule_file};
+use redline_testkit::RedisServer;
+
+use crate::fixture::{Service, descriptor, rule_file};
 
 const RULES: &str = r#"
 domain: f
@@ -52,9 +54,9 @@ async fn readiness(health: &mut HealthClient<tonic::transport::Channel>) -> Serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_mode_behaves_as_specified_and_service_resumes() {
-    let mut redis = Redis::start();
-    let dir = ScratchDir::new("failure");
-    let path = rule_file(&dir.0, RULES);
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = rule_file(dir.path(), RULES);
     let service = Service::start(
         &redis.url(),
         &["--config", path.to_str().unwrap(), "--timeout-ms", "50"],
@@ -194,10 +196,10 @@ async fn each_failure_mode_behaves_as_specified_and_service_resumes() {
 
 #[tokio::test]
 async fn readiness_ignores_redis_when_every_rule_fails_open() {
-    let mut redis = Redis::start();
-    let dir = ScratchDir::new("open-only");
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = rule_file(
-        &dir.0,
+        dir.path(),
         "domain: f\ndescriptors:\n  - key: k\n    failure_mode: open\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
     );
     let service = Service::start(&redis.url(), &["--config", path.to_str().unwrap()]).await;
@@ -228,9 +230,9 @@ async fn readiness_ignores_redis_when_every_rule_fails_open() {
 /// A stalled Redis (SIGSTOP: the connection stays up, nothing answers) costs a decision at most the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_costs_a_decision_at_most_the_timeout() {
-    let redis = Redis::start();
-    let dir = ScratchDir::new("stalled");
-    let path = rule_file(&dir.0, RULES);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = rule_file(dir.path(), RULES);
     let service = Service::start(
         &redis.url(),
         &["--config", path.to_str().unwrap(), "--timeout-ms", "100"],
@@ -291,7 +293,7 @@ async fn a_stalled_redis_costs_a_decision_at_most_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_decision_after_start_comes_from_redis() {
     use clap::Parser as _;
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let config = redline_ratelimit::Config::try_parse_from([
         "redline-ratelimit",
         "--redis-url",

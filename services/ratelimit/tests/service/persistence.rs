@@ -8,7 +8,9 @@ use std::time::Duration;
 use redline_proto::redline::ratelimit::v1 as pb;
 use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
 
-use crate::fixture::{Redis, Service, free_port, spec};
+use redline_testkit::{RedisServer, free_port};
+
+use crate::fixture::{Service, spec};
 
 fn request() -> pb::CheckRequest {
     pb::CheckRequest {
@@ -79,7 +81,7 @@ fn remaining(r: &pb::CheckResponse) -> Vec<u64> {
 
 #[tokio::test]
 async fn quota_survives_a_sigkill_of_the_service() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let prefix = format!("persist{}", rand::random::<u32>());
     let mut first = spawn_binary(&redis.url(), addr, &prefix);
@@ -103,7 +105,7 @@ async fn quota_survives_a_sigkill_of_the_service() {
 
 #[tokio::test]
 async fn quota_survives_a_redis_restart_with_aof() {
-    let mut redis = Redis::start_with_aof();
+    let mut redis = RedisServer::start_persistent();
     let service = Service::start(&redis.url(), &[]).await;
     let mut client = service.client().await;
     for _ in 0..3 {
@@ -121,9 +123,9 @@ async fn quota_survives_a_redis_restart_with_aof() {
 /// Configuration errors are all reported at once, with exit code 64 (EX_USAGE), before anything starts.
 #[test]
 fn invalid_configuration_exits_64_listing_every_problem() {
-    let dir = crate::fixture::ScratchDir::new("badcfg");
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let rules = crate::fixture::rule_file(
-        &dir.0,
+        dir.path(),
         "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
     );
     let out = Command::new(env!("CARGO_BIN_EXE_redline-ratelimit"))

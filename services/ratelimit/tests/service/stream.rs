@@ -6,7 +6,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::fixture::{Redis, Service};
+use redline_testkit::RedisServer;
+
+use crate::fixture::Service;
 
 fn keyed(key: &str, expression: &str) -> pb::CheckStreamRequest {
     pb::CheckStreamRequest {
@@ -38,7 +40,7 @@ async fn open(
 
 #[tokio::test]
 async fn replies_come_in_request_order_and_a_bad_request_does_not_end_the_stream() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let service = Service::start(&redis.url(), &[]).await;
     let (requests, mut replies) = open(&service).await;
 
@@ -110,7 +112,7 @@ async fn replies_come_in_request_order_and_a_bad_request_does_not_end_the_stream
 
 #[tokio::test]
 async fn streams_end_with_unavailable_when_the_server_shuts_down() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let service = Service::start(&redis.url(), &[]).await;
     let (requests, mut replies) = open(&service).await;
     for i in 0..3 {

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use redline_proto::tasks::task_service_client::TaskServiceClient;
 use redline_proto::tasks::*;
-use redline_taskqueue::testing::RedisServer;
 use redline_tasks::config::{Args, Config};
+use redline_testkit::RedisServer;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request};

@@ -9,14 +9,9 @@ use std::time::{Duration, Instant};
 
 use redline_proto::tasks::task_service_client::TaskServiceClient;
 use redline_proto::tasks::{GetTaskRequest, SubmitTaskRequest, TaskState};
-use redline_taskqueue::testing::RedisServer;
+use redline_testkit::{RedisServer, free_port};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    l.local_addr().expect("addr").port()
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -138,20 +133,20 @@ async fn rediss_urls_connect_over_verified_tls() {
     make_certs(dir.path());
     let tls_port = free_port();
     let file = |name: &str| dir.path().join(name).display().to_string();
-    let _redis = RedisServer::start_with(&[
-        "--appendonly",
-        "no",
-        "--tls-port",
-        &tls_port.to_string(),
-        "--tls-cert-file",
-        &file("server.pem"),
-        "--tls-key-file",
-        &file("server.key"),
-        "--tls-ca-cert-file",
-        &file("ca.pem"),
-        "--tls-auth-clients",
-        "no",
-    ]);
+    let _redis = RedisServer::builder()
+        .args(&[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .start();
     let url = format!("rediss://localhost:{tls_port}/0");
 
     // Trusted CA: ready, and tasks go through the TLS connection.

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use redline_taskqueue::connect::{self, RedisOptions};
-use redline_taskqueue::testing::RedisServer;
 use redline_taskqueue::*;
+use redline_testkit::RedisServer;
 use serde_json::json;
 
 fn spawn_worker(url: &str, id: &str, lease: &str) -> Child {

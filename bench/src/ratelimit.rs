@@ -1,4 +1,4 @@
-//! The benchmark: decisions per second and decision latency, against the physical reference of the same Redis.
+//! `redline bench ratelimit`: decisions per second and decision latency, against the physical reference of the same Redis.
 //!
 //! One run: (1) `redis-benchmark` runs `EVALSHA` of a minimal INCR + PEXPIRE script ([`BENCH_REFERENCE`])
 //! with 50 clients, the ceiling any Redis-backed limiter can reach here; (2) for each scenario, one client
@@ -7,11 +7,7 @@
 //! median of `--runs` runs. The service listens on 127.0.0.1 over a private redis-server (or `--redis-url`):
 //! as its own process when the caller gives a [`BenchArgs::server_command`] (`redline bench ratelimit` does),
 //! else inside this process. The `engine` scenario always runs the decision engine in this process.
-//!
-//! [`BENCH_REFERENCE`]: crate::store::scripts::BENCH_REFERENCE
 
-use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,11 +26,21 @@ use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitS
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::limiter::{DecisionRequest, DescriptorRequest, Limiter, UnknownDomain};
-use crate::rules::RuleSet;
-use crate::store::keys::KeySpace;
-use crate::store::redis::{RedisStore, TimeMode};
-use crate::store::scripts::BENCH_REFERENCE;
+use redline_ratelimit::limiter::{DecisionRequest, DescriptorRequest, Limiter, UnknownDomain};
+use redline_ratelimit::rules::RuleSet;
+use redline_ratelimit::store::keys::KeySpace;
+use redline_ratelimit::store::redis::{RedisStore, TimeMode};
+use redline_testkit::RedisServer;
+
+/// Minimal `INCR` + `PEXPIRE`-on-first fixed window: the least any Redis-backed limiter must do per decision,
+/// and so the reference its figures are compared with.
+///
+/// - `KEYS[1]`: counter; `ARGV[1]`: window in ms.
+const BENCH_REFERENCE: &str = r#"
+local c = redis.call('INCR', KEYS[1])
+if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return c
+"#;
 
 /// Benchmark options.
 #[derive(Debug, Clone, clap::Args)]
@@ -112,56 +118,6 @@ descriptors:
       - {unit: hour, requests_per_unit: 1000000000, algorithm: sliding_window}
       - {unit: day, requests_per_unit: 1000000000, algorithm: gcra}
 "#;
-
-struct PrivateRedis {
-    child: tokio::process::Child,
-    dir: PathBuf,
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn start_redis() -> anyhow::Result<(PrivateRedis, String)> {
-    let port = free_port()?;
-    let dir = std::env::temp_dir().join(format!("redline-rl-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let child = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting redis-server (is it on PATH?)")?;
-    let url = format!("redis://127.0.0.1:{port}/0");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok((PrivateRedis { child, dir }, url));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("redis-server did not start")
-}
 
 /// `redis-benchmark` EVALSHA of the minimal script: requests per second.
 async fn reference(url: &str, sha: &str, keys: u64) -> anyhow::Result<f64> {
@@ -552,9 +508,8 @@ struct Row {
     failures: u64,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+fn median(values: Vec<f64>) -> f64 {
+    redline_testkit::median(values).unwrap_or(f64::NAN)
 }
 
 /// Runs the benchmark and prints the figures.
@@ -580,7 +535,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_private, url) = match &args.redis_url {
         Some(url) => (None, url.clone()),
         None => {
-            let (redis, url) = start_redis().await?;
+            let redis = RedisServer::start();
+            let url = redis.url();
             (Some(redis), url)
         }
     };
@@ -624,10 +580,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (Some(child), None)
         }
         None => {
-            let config = <crate::Config as clap::Parser>::try_parse_from(
+            let config = <redline_ratelimit::Config as clap::Parser>::try_parse_from(
                 std::iter::once("bench".to_owned()).chain(flags),
             )?;
-            let task = tokio::spawn(crate::run(config, listener, shutdown.clone()));
+            let task = tokio::spawn(redline_ratelimit::run(config, listener, shutdown.clone()));
             (None, Some(task))
         }
     };
@@ -640,7 +596,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         envoy.push(EnvoyClient::new(channel));
     }
     let timeout = Duration::from_millis(20);
-    let engine_client = crate::store::redis::connect(&url, timeout)?;
+    let engine_client = redline_ratelimit::store::redis::connect(&url, timeout)?;
     engine_client.wait_for_connect().await?;
     let engine = Arc::new(Limiter::new(
         RuleSet::from_yaml(RULES)?,

@@ -1,8 +1,6 @@
 //! The conversion benchmark: our converter against pyarrow and polars on the same generated file.
 //!
-//! Run (release build only):
-//! `cargo run --release -p redline-convert --example convert -- bench`
-//! (`redline bench convert` once wired). It generates a 5,000,000-row OHLCV CSV (fixed seed,
+//! Run (release build only): `cargo run --release -p redline -- bench convert`. It generates a 5,000,000-row OHLCV CSV (fixed seed,
 //! about 300 MB) under `--dir`, warms the page cache, creates a Python venv with pyarrow and
 //! polars under `--venv`, then runs each conversion as a separate process `--runs` times,
 //! measuring whole-process wall time and peak RSS (each process reports its own VmHWM /
@@ -18,9 +16,9 @@ use anyhow::{Context, bail};
 use arrow::array::AsArray;
 use arrow::datatypes::Float64Type;
 
-use crate::format::Format;
-use crate::read::Source;
-use crate::schema::timestamp_array;
+use redline_convert::format::Format;
+use redline_convert::read::Source;
+use redline_convert::schema::timestamp_array;
 
 /// The memory bound of a streaming conversion, whatever the input size.
 const PEAK_RSS_BOUND_MB: f64 = 128.0;
@@ -43,8 +41,8 @@ pub struct BenchArgs {
     /// Skip the pyarrow and polars references.
     #[arg(long)]
     pub no_python: bool,
-    /// The command that converts (`<cmd...> IN OUT --overwrite`); defaults to this executable's
-    /// `convert` subcommand.
+    /// The command that converts (`<cmd...> IN OUT --overwrite`); defaults to the `redline`
+    /// binary's `convert` command.
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     pub convert_cmd: Option<Vec<String>>,
 }
@@ -150,7 +148,7 @@ fn check_file(path: &Path, format: Format) -> anyhow::Result<Checks> {
         path,
         &path.display().to_string(),
         format,
-        crate::read::DEFAULT_BATCH_SIZE,
+        redline_convert::read::DEFAULT_BATCH_SIZE,
         None,
     )?;
     let mut c = Checks {
@@ -202,12 +200,8 @@ fn run_measured(program: &str, args: &[String]) -> anyhow::Result<Measure> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
+fn median(v: Vec<f64>) -> f64 {
+    redline_testkit::median(v).unwrap_or(f64::NAN)
 }
 
 const PYARROW_SCRIPT: &str = r#"import resource, sys
@@ -253,8 +247,9 @@ fn ensure_venv(venv: &Path) -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
-/// Runs the benchmark and prints a table of medians.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Runs the benchmark and prints a table of medians; `redline` is the binary whose `convert` command is
+/// measured unless `--convert-cmd` names another.
+pub fn run(args: BenchArgs, redline: &Path) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         bail!("the benchmark measures release builds only: rerun with cargo run --release");
     }
@@ -292,10 +287,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let cmd = match &args.convert_cmd {
         Some(c) if !c.is_empty() => c.clone(),
-        _ => vec![
-            std::env::current_exe()?.display().to_string(),
-            "convert".to_owned(),
-        ],
+        _ => vec![redline.display().to_string(), "convert".to_owned()],
     };
     let ours = |inp: &Path, out: &Path| -> anyhow::Result<Measure> {
         let mut a: Vec<String> = cmd[1..].to_vec();

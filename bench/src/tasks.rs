@@ -1,8 +1,8 @@
-//! `redline bench`: benchmarks that print figures and ratios against references measured in the same run.
+//! `redline bench tasks`: the task queue against the physical reference of the same Redis.
 //!
-//! `redline bench tasks` starts a private redis-server, TaskService and workers as separate processes (this
-//! binary re-executed with `serve`), measures `redis-benchmark -t lpush -c 50` on the same server as the
-//! physical reference, then:
+//! It starts a private redis-server, TaskService and workers as separate processes (the `redline` binary's
+//! `serve` command), measures `redis-benchmark -t lpush -c 50` on the same server as the physical reference,
+//! then:
 //! - enqueue: SubmitTask with 64 calls in flight, and SubmitTasks in batches of 100;
 //! - Redis memory per queued no-op task (INFO used_memory delta / N);
 //! - drain: 100,000 queued `redline.noop` tasks with 2 worker processes;
@@ -12,34 +12,22 @@
 //! Each throughput figure is the median of several runs. Run it on a release build:
 //! `cargo run --release -p redline -- bench tasks`.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 use fred::prelude::*;
 use hdrhistogram::Histogram;
 use redline_proto::tasks::task_service_client::TaskServiceClient;
 use redline_proto::tasks::*;
 use redline_taskqueue::connect::{self, RedisOptions};
-use redline_taskqueue::testing::RedisServer;
 use redline_taskqueue::{QueueConfig, TaskState, TaskStore};
+use redline_testkit::{RedisServer, median};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
-
-/// What to benchmark.
-#[derive(Debug, Clone, Subcommand)]
-pub enum Bench {
-    /// The task queue: enqueue, drain, latency and memory, against redis-benchmark.
-    Tasks(TaskBenchArgs),
-    /// Rate-limit decisions per algorithm and through Envoy's RPC, against redis-benchmark EVALSHA.
-    Ratelimit(redline_ratelimit::bench::BenchArgs),
-    /// CSV → Parquet (and other conversions) against pyarrow and polars on a generated 5M-row file.
-    Convert(redline_convert::bench::BenchArgs),
-    /// REST POST /tasks/submit through the gateway against direct gRPC, both rate-limited.
-    Gateway(redline_gateway::bench::BenchArgs),
-}
 
 /// Sizes of the task benchmark.
 #[derive(Debug, Clone, Args)]
@@ -64,38 +52,14 @@ pub struct TaskBenchArgs {
     pub latency_seconds: u64,
 }
 
-/// Runs a benchmark.
-pub async fn run(what: Bench) -> anyhow::Result<()> {
-    match what {
-        Bench::Tasks(args) => tasks(args).await,
-        Bench::Ratelimit(mut args) => {
-            // The service runs as its own process (this binary, `serve ratelimit`), as deployed.
-            let exe = std::env::current_exe()?.display().to_string();
-            args.server_command = Some(vec![exe, "serve".into(), "ratelimit".into()]);
-            redline_ratelimit::bench::run(args).await
-        }
-        Bench::Gateway(args) => redline_gateway::bench::run(args).await,
-        Bench::Convert(args) => {
-            tokio::task::spawn_blocking(move || redline_convert::bench::run(args))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("benchmark panicked: {e}")))
-        }
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 struct Services {
+    server: PathBuf,
     children: Vec<Child>,
 }
 
 impl Services {
     fn spawn(&mut self, args: &[&str]) -> anyhow::Result<()> {
-        let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
+        let child = Command::new(&self.server)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -114,13 +78,9 @@ impl Services {
     }
 }
 
-async fn tasks(args: TaskBenchArgs) -> anyhow::Result<()> {
-    if cfg!(debug_assertions) {
-        eprintln!(
-            "warning: this is a debug build; run `cargo run --release -p redline -- bench tasks` for real figures"
-        );
-    }
-    let redis = RedisServer::start_with(&["--appendonly", "no"]);
+/// Runs the benchmark; `server` is the `redline` binary, whose `serve` command runs each service.
+pub async fn run(args: TaskBenchArgs, server: PathBuf) -> anyhow::Result<()> {
+    let redis = RedisServer::start();
     let url = redis.url();
     println!(
         "redline bench tasks — private redis-server on port {}, {} run(s) per figure\n",
@@ -136,6 +96,7 @@ async fn tasks(args: TaskBenchArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     drop(listener);
     let mut services = Services {
+        server,
         children: Vec::new(),
     };
     services.spawn(&[
@@ -167,7 +128,7 @@ async fn tasks(args: TaskBenchArgs) -> anyhow::Result<()> {
         flush(&redis_client).await?;
         rates.push(submit_single(&clients, args.single, 64).await?);
     }
-    let single = median(rates);
+    let single = median(rates).unwrap_or(0.0);
     println!(
         "enqueue    SubmitTask, 64 in flight ........................ {:>9.0} tasks/s  ({:.2}x LPUSH; target 20,000; Celery apply_async ~1,700)",
         single,
@@ -180,7 +141,7 @@ async fn tasks(args: TaskBenchArgs) -> anyhow::Result<()> {
         flush(&redis_client).await?;
         rates.push(submit_batched(&clients, args.batched, 100, 4).await?);
     }
-    let batched = median(rates);
+    let batched = median(rates).unwrap_or(0.0);
     println!(
         "enqueue    SubmitTasks, batches of 100 ..................... {:>9.0} tasks/s  ({:.2}x LPUSH; target 100,000)",
         batched,
@@ -220,7 +181,7 @@ async fn tasks(args: TaskBenchArgs) -> anyhow::Result<()> {
         rates.push(args.drain as f64 / start.elapsed().as_secs_f64());
         services.stop_workers().await;
     }
-    let drain = median(rates);
+    let drain = median(rates).unwrap_or(0.0);
     println!(
         "drain      {} noop tasks, 2 worker processes ............ {:>9.0} tasks/s  ({:.2}x LPUSH; target 20,000; Celery ~780)",
         args.drain,

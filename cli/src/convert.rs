@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::convert::{ConvertJob, convert_file};
-use crate::format::{Compression, Format};
-use crate::options::{ConvertOptions, HandleMissing};
+use redline_convert::convert::{ConvertJob, convert_file};
+use redline_convert::format::{Compression, Format};
+use redline_convert::options::{ConvertOptions, HandleMissing};
 
 /// Arguments of `redline convert`.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,12 +42,12 @@ pub struct ConvertArgs {
     #[arg(long, default_value = "snappy")]
     pub compression: String,
     /// Rows per batch.
-    #[arg(long, default_value_t = crate::read::DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = redline_convert::read::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// No progress bar or summary.
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// Print `peak_rss_kb=N` (VmHWM) to stderr at exit; used by the benchmark.
+    /// Print `peak_rss_kb=N` (VmHWM) to stderr at exit, for `redline bench convert`.
     #[arg(long, hide = true)]
     pub report_peak_rss: bool,
 }
@@ -132,4 +132,59 @@ pub fn peak_rss_kb() -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use redline_convert::read::Source;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ConvertArgs,
+    }
+
+    #[test]
+    fn converts_and_refuses_to_clobber() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("c.csv");
+        std::fs::write(
+            &input,
+            "ticker,timestamp,open,high,low,close,vol\n\
+             T,2024-01-01 00:00:00,100,101,99,100,10\n\
+             T,2024-01-01 00:00:01,101,102,100,101,20\n\
+             T,2024-01-01 00:00:02,102,103,101,102,30\n",
+        )?;
+        let output = dir.path().join("c.parquet");
+        let args = |extra: &[&str]| -> Result<ConvertArgs, clap::Error> {
+            let mut argv = vec![
+                "convert".to_owned(),
+                input.display().to_string(),
+                output.display().to_string(),
+                "-q".to_owned(),
+            ];
+            argv.extend(extra.iter().map(|s| (*s).to_owned()));
+            Wrapper::try_parse_from(argv).map(|w| w.args)
+        };
+        run(args(&[
+            "--columns",
+            "ticker,close",
+            "--compression",
+            "zstd",
+        ])?)?;
+        let mut source = Source::open(&output, "c.parquet", Format::Parquet, 1024, None)?;
+        let batch = source.next_batch()?.expect("one batch");
+        assert_eq!(batch.num_rows(), 3);
+        assert_eq!(
+            batch.column(2).null_count(),
+            3,
+            "only ticker and close were kept"
+        );
+        assert!(run(args(&[])?).is_err(), "existing output is kept");
+        run(args(&["--overwrite"])?)?;
+        assert!(run(args(&["--handle-missing", "sideways", "--overwrite"])?).is_err());
+        Ok(())
+    }
 }

@@ -5,13 +5,10 @@
 //! long-lived `CheckStream` and then calls `SubmitTask`. The difference is the gateway's cost (HTTP/1.1
 //! parsing, JSON translation and one more hop) less what the stream saves over a unary `Check`.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -20,8 +17,7 @@ use redline_proto::redline::ratelimit::v1 as rl;
 use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
 use redline_proto::tasks as pb;
 use redline_proto::tasks::task_service_client::TaskServiceClient;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use redline_testkit::Suite;
 
 /// Benchmark options.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,82 +59,29 @@ impl Default for BenchArgs {
 /// Limits high enough never to refuse, so every request pays for a real decision.
 const BENCH_LIMITS: &str = "1000000000 per day; 1000000000 per hour";
 
-struct Stack {
-    _redis: redline_taskqueue::testing::RedisServer,
-    tasks: SocketAddr,
-    rls: SocketAddr,
-    gateway: SocketAddr,
-    stop: CancellationToken,
-}
-
-async fn start_stack(connections: usize) -> anyhow::Result<Stack> {
-    let redis = redline_taskqueue::testing::RedisServer::start();
-    let env: HashMap<String, String> = HashMap::new();
-    let stop = CancellationToken::new();
-    let tasks_config = redline_tasks::Config::from_args(
-        redline_tasks::config::Args {
-            redis_url: Some(redis.url()),
-            ..Default::default()
-        },
-        &env,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let tasks = l.local_addr()?;
-    tokio::spawn(redline_tasks::run(tasks_config, l, stop.clone()));
-    let worker = redline_worker::Config::from_args(
-        redline_worker::config::Args {
-            redis_url: Some(redis.url()),
-            ..Default::default()
-        },
-        &env,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tokio::spawn(redline_worker::run(
-        worker,
-        redline_worker::default_registry(),
-        stop.clone(),
-    ));
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let rls = l.local_addr()?;
-    // Every process of the suite shares this process's cores here; a generous decision budget keeps a
-    // scheduling hiccup from turning into an UNAVAILABLE that would abort the measurement.
-    let rls_config = <redline_ratelimit::Config as clap::Parser>::try_parse_from([
-        "redline-ratelimit",
-        "--redis-url",
-        &redis.url(),
-        "--timeout-ms",
-        "250",
-    ])?;
-    tokio::spawn(redline_ratelimit::run(rls_config, l, stop.clone()));
-    let gw_config = crate::Config::from_args(
-        crate::Args {
-            tasks_url: Some(format!("http://{tasks}")),
-            ratelimit_url: Some(format!("http://{rls}")),
-            default_limits: Some(BENCH_LIMITS.to_owned()),
-            backend_connections: Some(connections.to_string()),
-            ..Default::default()
-        },
-        &env,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let gateway = l.local_addr()?;
-    tokio::spawn(crate::run(gw_config, l, stop.clone()));
-    Ok(Stack {
-        _redis: redis,
-        tasks,
-        rls,
-        gateway,
-        stop,
-    })
+/// The suite in this process over a private Redis. Every process of the suite shares this process's cores
+/// here; a generous decision budget keeps a scheduling hiccup from turning into an UNAVAILABLE that would
+/// abort the measurement.
+async fn start_suite(connections: usize) -> Suite {
+    let connections = connections.to_string();
+    Suite::builder()
+        .worker(&["--concurrency", "2"])
+        .ratelimit(&["--timeout-ms", "250"])
+        .gateway(&[
+            "--default-limits",
+            BENCH_LIMITS,
+            "--backend-connections",
+            &connections,
+        ])
+        .start()
+        .await
 }
 
 #[derive(Clone)]
 enum Path {
     Direct {
-        tasks: crate::Backend,
-        rls: crate::Backend,
+        tasks: redline_gateway::Backend,
+        rls: redline_gateway::Backend,
     },
     Rest {
         // Boxed: the HTTP client is much larger than the direct path's two handles.
@@ -253,33 +196,33 @@ async fn measure(path: &Path, args: &BenchArgs) -> anyhow::Result<Figures> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+fn median(v: Vec<f64>) -> f64 {
+    redline_testkit::median(v).unwrap_or(0.0)
 }
 
-fn median_u(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
+fn median_u(v: Vec<u64>) -> u64 {
+    redline_testkit::median(v).unwrap_or(0)
 }
 
 /// Starts a private suite (redis-server, TaskService, a worker, RateLimitService, the gateway), then
 /// measures direct gRPC and REST back to back in each run and prints the medians and the ratio.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let stack = start_stack(args.connections)
-        .await
-        .context("starting the suite")?;
-    // Let every service finish its first Redis probe.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let suite = start_suite(args.connections).await;
     let direct = Path::Direct {
-        tasks: crate::Backend::new(&format!("http://{}", stack.tasks), args.connections)?,
-        rls: crate::Backend::new(&format!("http://{}", stack.rls), args.connections)?,
+        tasks: redline_gateway::Backend::new(
+            &format!("http://{}", suite.tasks_addr()),
+            args.connections,
+        )?,
+        rls: redline_gateway::Backend::new(
+            &format!("http://{}", suite.ratelimit_addr()),
+            args.connections,
+        )?,
     };
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     let rest = Path::Rest {
         client: Box::new(Client::builder(hyper_util::rt::TokioExecutor::new()).build(http)),
-        url: format!("http://{}/tasks/submit", stack.gateway),
+        url: format!("http://{}/tasks/submit", suite.gateway_addr()),
     };
     // Warm connections and caches on both paths.
     drive(&direct, args.concurrency, 1).await?;
@@ -338,6 +281,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          (target ≤ 1 ms)",
         median(ratios) * 100.0,
     );
-    stack.stop.cancel();
+    drop(suite);
     Ok(())
 }

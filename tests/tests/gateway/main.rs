@@ -1,4 +1,4 @@
-//! End-to-end tests of the gateway through real TaskService, worker, RateLimitService and Redis.
+//! The REST gateway end to end, through real TaskService, worker, RateLimitService and Redis.
 
 mod fixture;
 
@@ -8,16 +8,18 @@ use futures::StreamExt;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use fixture::{Suite, assert_golden};
+use fixture::assert_golden;
+use redline_testkit::Suite;
 
-fn args() -> redline_gateway::Args {
-    redline_gateway::Args::default()
+/// TaskService, a worker, RateLimitService and the gateway with these extra flags.
+async fn gateway_suite(flags: &[&str]) -> Suite {
+    Suite::builder().ratelimit(&[]).gateway(flags).start().await
 }
 
 /// Submit, follow the status to SUCCESS, read the result: the original's shapes, field by field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_status_result_round_trip() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     let r = suite
         .post(
             "/tasks/submit",
@@ -52,7 +54,7 @@ async fn submit_status_result_round_trip() {
 /// A failed task's result is 200 with a null result, its status and error: never the original's 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_task_result_is_not_500() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     let r = suite
         .post(
             "/tasks/submit",
@@ -76,7 +78,7 @@ async fn failed_task_result_is_not_500() {
 /// Unknown ids are 404 `Task not found` on status, result and cancel, with grpc-gateway's fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ids_are_404() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     for (method, path) in [
         (Method::GET, "/tasks/status/no-such-task"),
         (Method::GET, "/tasks/result/no-such-task"),
@@ -93,7 +95,7 @@ async fn unknown_ids_are_404() {
 /// Cancel of a scheduled task, then of the finished (cancelled) task: 200, then 400 (FAILED_PRECONDITION).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_list_stats_cleanup() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     let r = suite
         .post(
             "/tasks/submit",
@@ -161,7 +163,7 @@ async fn cancel_list_stats_cleanup() {
 /// Required fields in the original's order and messages; data-task routes reach TaskService.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_routes_validate_like_the_original() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     let cases = [
         ("/tasks/submit", json!({}), "task_name is required"),
         (
@@ -307,7 +309,7 @@ async fn data_routes_validate_like_the_original() {
 /// Non-JSON, malformed, non-UTF-8, non-object and huge bodies: 400/413/415 with a JSON error, never 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_client_errors() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     let cases: Vec<(Option<&str>, Vec<u8>, StatusCode)> = vec![
         (
             Some("text/plain"),
@@ -373,11 +375,7 @@ async fn bad_bodies_are_client_errors() {
 /// of the gateway and of RateLimitService.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_headers_429_and_persistence() {
-    let mut suite = Suite::start(redline_gateway::Args {
-        route_limits: vec!["GET /tasks/list=3 per hour".into()],
-        ..args()
-    })
-    .await;
+    let mut suite = gateway_suite(&["--route-limit", "GET /tasks/list=3 per hour"]).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -438,11 +436,7 @@ async fn rate_limits_headers_429_and_persistence() {
 /// request saw a different count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_each_get_their_own_decision() {
-    let suite = Suite::start(redline_gateway::Args {
-        route_limits: vec!["GET /tasks/list=7 per hour".into()],
-        ..args()
-    })
-    .await;
+    let suite = gateway_suite(&["--route-limit", "GET /tasks/list=7 per hour"]).await;
     let paths = ["/tasks/list", "/tasks/queue/stats"];
     let replies = futures::future::join_all((0..40).map(|i| suite.get(paths[i % 2]))).await;
     for (path, limit, allowed) in [("/tasks/list", "7", 7), ("/tasks/queue/stats", "50", 20)] {
@@ -478,11 +472,12 @@ async fn concurrent_requests_each_get_their_own_decision() {
 /// With RateLimitService down the gateway keeps serving with its local limiter: no 500, no long waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratelimit_down_fails_open_locally() {
-    let mut suite = Suite::start(redline_gateway::Args {
-        route_limits: vec!["GET /tasks/queue/stats=2 per minute".into()],
-        ratelimit_timeout: Some("100ms".into()),
-        ..args()
-    })
+    let mut suite = gateway_suite(&[
+        "--route-limit",
+        "GET /tasks/queue/stats=2 per minute",
+        "--ratelimit-timeout",
+        "100ms",
+    ])
     .await;
     suite.stop_ratelimit().await;
     for _ in 0..2 {
@@ -507,11 +502,12 @@ async fn ratelimit_down_closed_and_open_modes() {
         ("closed", StatusCode::SERVICE_UNAVAILABLE),
         ("open", StatusCode::OK),
     ] {
-        let mut suite = Suite::start(redline_gateway::Args {
-            ratelimit_failure_mode: Some(mode.into()),
-            ratelimit_timeout: Some("100ms".into()),
-            ..args()
-        })
+        let mut suite = gateway_suite(&[
+            "--ratelimit-failure-mode",
+            mode,
+            "--ratelimit-timeout",
+            "100ms",
+        ])
         .await;
         suite.stop_ratelimit().await;
         let r = suite.get("/tasks/list").await;
@@ -526,7 +522,7 @@ async fn ratelimit_down_closed_and_open_modes() {
 /// every request answers 503 within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_redis_outage() {
-    let mut suite = Suite::start(args()).await;
+    let mut suite = gateway_suite(&[]).await;
     suite.wait_healthy().await;
     let r = suite.get("/tasks/health").await;
     assert_eq!(r.body["status"], json!("healthy"));
@@ -583,11 +579,7 @@ async fn tasks_service_down_is_503() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead_addr = dead.local_addr().expect("addr");
     drop(dead);
-    let suite = Suite::start(redline_gateway::Args {
-        tasks_url: Some(format!("http://{dead_addr}")),
-        ..args()
-    })
-    .await;
+    let suite = gateway_suite(&["--tasks-url", &format!("http://{dead_addr}")]).await;
     for path in ["/tasks/status/x", "/tasks/health", "/readyz"] {
         let started = Instant::now();
         let r = suite.get(path).await;
@@ -609,11 +601,7 @@ async fn api_keys() {
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("keys");
     std::fs::write(&file, "# operators\nsecret-one\nsecret-two\n").expect("write");
-    let suite = Suite::start(redline_gateway::Args {
-        api_keys_file: Some(file),
-        ..args()
-    })
-    .await;
+    let suite = gateway_suite(&["--api-keys-file", &file.display().to_string()]).await;
     let r = suite.get("/tasks/list").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.body["error"], json!("API key required"));
@@ -665,9 +653,9 @@ async fn api_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_gets_413_while_the_client_is_still_sending() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     let body = format!("{{\"task_name\": \"{}\"}}", "x".repeat(3 << 20));
-    let mut stream = tokio::net::TcpStream::connect(suite.gw_addr)
+    let mut stream = tokio::net::TcpStream::connect(suite.gateway_addr())
         .await
         .expect("connect");
     let head = format!(
@@ -700,7 +688,7 @@ async fn oversized_body_gets_413_while_the_client_is_still_sending() {
 /// Every route's real success body, and the error body, fit the response schemas of `/openapi.json`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_response_schemas_describe_the_bodies() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     suite.wait_healthy().await;
     let doc = suite.get("/openapi.json").await.body;
     let check = |method: &str, route: &str, status: u16, body: &Value| {
@@ -773,7 +761,7 @@ async fn openapi_response_schemas_describe_the_bodies() {
 /// method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_and_proto_rules_match_served_routes() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     let doc = suite.get("/openapi.json").await.body;
     let paths = doc["paths"].as_object().expect("paths");
     let mut documented = Vec::new();
@@ -830,11 +818,7 @@ async fn openapi_and_proto_rules_match_served_routes() {
 /// 1,000 parallel submits: every one answered 200 with a distinct id, and every task is in the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_parallel_submits() {
-    let suite = Suite::start(redline_gateway::Args {
-        route_limits: vec!["POST /tasks/submit=100000 per hour".into()],
-        ..args()
-    })
-    .await;
+    let suite = gateway_suite(&["--route-limit", "POST /tasks/submit=100000 per hour"]).await;
     let suite = &suite;
     let ids: Vec<String> = futures::stream::iter(0..1000)
         .map(|i| async move {
@@ -869,12 +853,8 @@ async fn thousand_parallel_submits() {
 /// `X-Forwarded-For` names the client only behind a trusted proxy; `--reset-header delta` sends seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_and_delta_reset() {
-    let trusted = Suite::start(redline_gateway::Args {
-        trusted_proxies: vec!["127.0.0.1".into()],
-        reset_header: Some("delta".into()),
-        ..args()
-    })
-    .await;
+    let trusted =
+        gateway_suite(&["--trusted-proxies", "127.0.0.1", "--reset-header", "delta"]).await;
     for (ip, remaining) in [("9.9.9.9", "49"), ("9.9.9.9", "48"), ("8.8.8.8", "49")] {
         let r = trusted
             .send(
@@ -892,7 +872,7 @@ async fn forwarded_for_and_delta_reset() {
             .unwrap_or(0);
         assert!((3500..=3600).contains(&reset), "delta reset {reset}");
     }
-    let untrusted = Suite::start(args()).await;
+    let untrusted = gateway_suite(&[]).await;
     for (ip, remaining) in [("9.9.9.9", "49"), ("8.8.8.8", "48")] {
         let r = untrusted
             .send(
@@ -910,7 +890,7 @@ async fn forwarded_for_and_delta_reset() {
 /// The caller's W3C trace id is logged, echoed in `X-Trace-Id` and stored with the task by TaskService.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_context_reaches_task_service() {
-    let suite = Suite::start(args()).await;
+    let suite = gateway_suite(&[]).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = suite
         .send(
@@ -927,7 +907,7 @@ async fn trace_context_reaches_task_service() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.header("x-trace-id"), Some(trace));
     let id = r.body["task_id"].as_str().expect("task_id").to_owned();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", suite.tasks_addr))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", suite.tasks_addr()))
         .expect("url")
         .connect()
         .await

@@ -1,7 +1,4 @@
-//! `redline limits check|inspect|reset`: a thin gRPC client for operators and scripts.
-//!
-//! The `redline` CLI wires it with one line: a `Limits { #[command(subcommand)] cmd: LimitsCommand }` variant
-//! calling [`run`] with the service endpoint.
+//! `redline limits check|inspect|reset`: a thin RateLimitService client for operators and scripts.
 
 use std::time::Duration;
 
