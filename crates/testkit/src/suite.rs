@@ -285,6 +285,11 @@ impl Suite {
         ));
     }
 
+    /// Tells TaskService to stop, as SIGTERM does, and returns at once (its drain goes on).
+    pub fn terminate_tasks(&self) {
+        self.tasks.stop.cancel();
+    }
+
     /// Stops TaskService (its drain included).
     pub async fn stop_tasks(&mut self) {
         self.tasks.stop.cancel();

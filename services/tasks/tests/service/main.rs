@@ -14,11 +14,11 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use tonic_types::StatusExt;
 
+/// The suite of the test kit, with this file's shorthands.
 struct Suite {
-    redis: RedisServer,
+    kit: redline_testkit::Suite,
     client: TaskServiceClient<Channel>,
     health: HealthClient<Channel>,
-    stop: CancellationToken,
 }
 
 async fn suite(with_worker: bool) -> Suite {
@@ -26,44 +26,21 @@ async fn suite(with_worker: bool) -> Suite {
 }
 
 async fn suite_with(with_worker: bool, shutdown_delay: Option<&str>) -> Suite {
-    let redis = RedisServer::start();
-    let stop = CancellationToken::new();
-    let args = Args {
-        redis_url: Some(redis.url()),
-        max_payload_bytes: Some("4096".into()),
-        shutdown_delay: shutdown_delay.map(str::to_owned),
-        ..Args::default()
-    };
-    let config = Config::from_args(args, &HashMap::new()).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(redline_tasks::run(config, listener, stop.clone()));
-    if with_worker {
-        let wargs = redline_worker::config::Args {
-            redis_url: Some(redis.url()),
-            concurrency: Some("4".into()),
-            cancel_grace: Some("200ms".into()),
-            ..Default::default()
-        };
-        let wconfig =
-            redline_worker::Config::from_args(wargs, &HashMap::new()).expect("worker config");
-        tokio::spawn(redline_worker::run(
-            wconfig,
-            redline_worker::default_registry(),
-            stop.clone(),
-        ));
+    let mut tasks = vec!["--max-payload-bytes", "4096"];
+    if let Some(delay) = shutdown_delay {
+        tasks.extend(["--shutdown-delay", delay]);
     }
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    let s = Suite {
-        redis,
-        client: TaskServiceClient::new(channel.clone()),
-        health: HealthClient::new(channel),
-        stop,
-    };
-    s.wait_ready(true, Duration::from_secs(5)).await;
-    s
+    let kit = redline_testkit::Suite::builder()
+        .tasks(&tasks)
+        .workers(usize::from(with_worker))
+        .worker(&["--cancel-grace", "200ms"])
+        .start()
+        .await;
+    Suite {
+        client: kit.tasks(),
+        health: kit.tasks_health(),
+        kit,
+    }
 }
 
 impl Suite {
@@ -112,12 +89,6 @@ impl Suite {
             .get_task(GetTaskRequest { task_id: id.into() })
             .await
             .map(|r| r.into_inner().task.unwrap_or_default())
-    }
-}
-
-impl Drop for Suite {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -434,7 +405,7 @@ async fn cancel_retry_list_stats_and_idempotency() {
 #[tokio::test]
 async fn redis_outage_fails_fast_flips_readiness_and_recovers() {
     let mut s = suite(false).await;
-    s.redis.kill();
+    s.kit.redis.kill();
     let start = Instant::now();
     let err = s
         .submit("redline.noop", serde_json::json!({}))
@@ -461,7 +432,7 @@ async fn redis_outage_fails_fast_flips_readiness_and_recovers() {
         "liveness never depends on redis"
     );
 
-    s.redis.restart();
+    s.kit.redis.restart();
     let back = Instant::now();
     s.wait_ready(true, Duration::from_secs(5)).await;
     loop {
@@ -533,7 +504,7 @@ async fn untraced_submits_store_no_trace_context() {
 #[tokio::test]
 async fn shutdown_delay_answers_calls_while_not_ready() {
     let s = suite_with(false, Some("700ms")).await;
-    s.stop.cancel();
+    s.kit.terminate_tasks();
     s.wait_ready(false, Duration::from_millis(300)).await;
     let stats = s
         .client
