@@ -10,8 +10,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use redline_convert::convert::{ConvertJob, convert_file};
-use redline_convert::format::{Compression, Format};
-use redline_convert::options::{ConvertOptions, HandleMissing};
+use redline_convert::format::{Compression, Format, HandleMissing};
+use redline_convert::options::ConvertOptions;
 
 /// Arguments of `redline convert`.
 #[derive(Debug, Clone, clap::Args)]
@@ -34,13 +34,13 @@ pub struct ConvertArgs {
     pub remove_duplicates: bool,
     /// Missing values: none, drop, forward_fill or backward_fill.
     #[arg(long, default_value = "none")]
-    pub handle_missing: String,
+    pub handle_missing: HandleMissing,
     /// Output columns, comma-separated, in order (canonical names).
     #[arg(long, value_delimiter = ',')]
     pub columns: Option<Vec<String>>,
     /// Parquet compression: snappy, zstd or none.
     #[arg(long, default_value = "snappy")]
-    pub compression: String,
+    pub compression: Compression,
     /// Rows per batch.
     #[arg(long, default_value_t = redline_convert::read::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -65,9 +65,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let options = ConvertOptions {
         overwrite: args.overwrite,
         remove_duplicates: args.remove_duplicates,
-        handle_missing: HandleMissing::parse(&args.handle_missing)?,
+        handle_missing: args.handle_missing,
         columns: args.columns.clone(),
-        compression: Compression::parse(&args.compression)?,
+        compression: args.compression,
         batch_size: args.batch_size.max(1),
         ..ConvertOptions::default()
     };
@@ -184,7 +184,7 @@ mod tests {
         );
         assert!(run(args(&[])?).is_err(), "existing output is kept");
         run(args(&["--overwrite"])?)?;
-        assert!(run(args(&["--handle-missing", "sideways", "--overwrite"])?).is_err());
+        assert!(args(&["--handle-missing", "sideways", "--overwrite"]).is_err());
         Ok(())
     }
 }

@@ -13,49 +13,12 @@ use arrow::datatypes::Float64Type;
 use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value, json};
 
-use crate::error::DataError;
 use crate::schema::NUMERIC_COLUMNS;
 
 /// Values kept per column for quantiles (exact below this count, sampled above).
 pub const EXACT_QUANTILE_VALUES: usize = 1_000_000;
 
-/// The analyses offered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnalysisType {
-    /// `describe()`: count, mean, std, min, quartiles and max per numeric column.
-    Basic,
-    /// Same as `basic`.
-    Statistical,
-    /// Close and volume statistics.
-    Financial,
-    /// Pearson correlation between numeric columns.
-    Correlation,
-}
-
-impl AnalysisType {
-    /// Parses `basic`, `statistical`, `financial` or `correlation`.
-    pub fn parse(s: &str) -> Result<Self, DataError> {
-        match s {
-            "basic" => Ok(Self::Basic),
-            "statistical" => Ok(Self::Statistical),
-            "financial" => Ok(Self::Financial),
-            "correlation" => Ok(Self::Correlation),
-            other => Err(DataError::InvalidInput(format!(
-                "unknown analysis type '{other}' (expected basic, statistical, financial or correlation)"
-            ))),
-        }
-    }
-
-    /// The name, as in results.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Basic => "basic",
-            Self::Statistical => "statistical",
-            Self::Financial => "financial",
-            Self::Correlation => "correlation",
-        }
-    }
-}
+pub use redline_catalog::values::AnalysisType;
 
 /// Streaming statistics of one column.
 #[derive(Debug, Clone)]

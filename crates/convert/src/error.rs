@@ -3,22 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Why a user-supplied relative path was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    /// The path was empty.
-    #[error("path is empty")]
-    Empty,
-    /// The path was absolute; all paths are relative to the data root.
-    #[error("path '{0}' is absolute; paths must be relative to the data directory")]
-    Absolute(String),
-    /// The path contained a `..` component or otherwise left the data root.
-    #[error("path '{0}' escapes the data directory")]
-    Escapes(String),
-    /// The path contained a NUL byte or a backslash, which no data file name needs.
-    #[error("path '{0}' contains a forbidden character")]
-    ForbiddenCharacter(String),
-}
+pub use redline_catalog::values::PathError;
 
 /// The error of every data operation.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +67,15 @@ pub enum DataError {
 }
 
 // === impl DataError ===
+
+impl From<redline_catalog::values::FormatError> for DataError {
+    fn from(e: redline_catalog::values::FormatError) -> Self {
+        DataError::UnsupportedFormat {
+            format: e.format,
+            reason: e.reason,
+        }
+    }
+}
 
 impl DataError {
     /// Whether running the same operation again may succeed: I/O hiccups and upstream 5xx or timeouts.

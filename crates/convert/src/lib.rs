@@ -8,7 +8,7 @@
 //! # Layout
 //! - [`error`]: [`DataError`] (with [`DataError::retryable`]) and [`PathError`].
 //! - [`paths`]: the [`DataRoot`] sandbox and atomic output files.
-//! - [`format`]: [`Format`] from a name or extension; DuckDB is refused with a reason.
+//! - [`format`]: the catalogue's [`Format`] and [`Compression`]; DuckDB is refused with a reason.
 //! - [`schema`]: the canonical schema, column mapping and timestamp parsing.
 //! - [`read`] / [`write`]: one streaming reader and writer per format.
 //! - [`options`]: conversion options and the transforms that apply them, with memory caps.
@@ -16,7 +16,6 @@
 //! - [`analysis`]: one-pass statistics.
 //! - [`download`]: daily OHLCV over HTTP from a Stooq-style CSV endpoint.
 //! - [`tasks`]: the task functions the worker wraps, with progress and cancellation.
-//! - [`validate`]: pure submit-time checks for the task service.
 
 pub mod analysis;
 pub mod convert;
@@ -28,15 +27,14 @@ pub mod paths;
 pub mod read;
 pub mod schema;
 pub mod tasks;
-pub mod validate;
 pub mod write;
 
 pub use error::{DataError, PathError};
-pub use format::{Compression, Format};
-pub use options::{ConvertOptions, HandleMissing};
+pub use format::{Compression, Format, HandleMissing};
+pub use options::ConvertOptions;
 pub use paths::DataRoot;
+pub use paths::validate_relative_path;
 pub use tasks::{
     DataContext, Progress, process_bulk_operations, process_data_analysis, process_data_conversion,
     process_data_download, process_file_upload,
 };
-pub use validate::{validate_analysis_type, validate_format, validate_relative_path};

@@ -15,48 +15,19 @@ use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use arrow::compute::{concat, concat_batches, filter_record_batch, take};
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use serde_json::Value;
+use redline_catalog::data::{DataOptions, MAX_DEDUP_KEYS, MAX_PENDING_ROWS};
 
 use crate::error::DataError;
-use crate::format::Compression;
+use crate::format::{Compression, HandleMissing};
 use crate::read::DEFAULT_BATCH_SIZE;
 use crate::schema::{CANONICAL_COLUMNS, canonical_schema, timestamp_array};
 
 /// Default cap on distinct (ticker, timestamp) keys kept for `remove_duplicates`.
-pub const DEFAULT_MAX_DEDUP_KEYS: usize = 3_500_000;
+pub const DEFAULT_MAX_DEDUP_KEYS: usize = MAX_DEDUP_KEYS as usize;
 /// Default cap on rows held back by `backward_fill`.
-pub const DEFAULT_MAX_PENDING_ROWS: usize = 1_000_000;
+pub const DEFAULT_MAX_PENDING_ROWS: usize = MAX_PENDING_ROWS as usize;
 
-/// What to do with missing values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HandleMissing {
-    /// Keep them as nulls.
-    #[default]
-    None,
-    /// Drop rows with a missing value in any column the input carries.
-    Drop,
-    /// Fill from the previous row (across the whole file, as pandas `ffill`).
-    ForwardFill,
-    /// Fill from the next row (as pandas `bfill`); needs look-ahead, see the module docs.
-    BackwardFill,
-}
-
-impl HandleMissing {
-    /// Parses `none`, `drop`, `forward_fill` (`ffill`) or `backward_fill` (`bfill`).
-    pub fn parse(s: &str) -> Result<Self, DataError> {
-        match s {
-            "" | "none" => Ok(Self::None),
-            "drop" => Ok(Self::Drop),
-            "forward_fill" | "ffill" => Ok(Self::ForwardFill),
-            "backward_fill" | "bfill" => Ok(Self::BackwardFill),
-            other => Err(DataError::InvalidInput(format!(
-                "unknown handle_missing '{other}' (expected none, drop, forward_fill or backward_fill)"
-            ))),
-        }
-    }
-}
-
-/// Options of a conversion (the task's `options` object; unknown keys are ignored).
+/// Options of a conversion: a task's [`DataOptions`], or the `redline convert` flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertOptions {
     /// Replace an existing output.
@@ -93,83 +64,33 @@ impl Default for ConvertOptions {
 }
 
 impl ConvertOptions {
-    /// Reads options from a task's `options` value (`null` or an object). `column_order` is
-    /// accepted as an alias of `columns`, as the original's converter named it.
-    pub fn from_json(v: &Value) -> Result<Self, DataError> {
+    /// The options of a task (`None`: the defaults). `column_order` is the original converter's name for
+    /// `columns`.
+    pub fn from_task(options: Option<&DataOptions>) -> Self {
         let mut o = Self::default();
-        let map = match v {
-            Value::Null => return Ok(o),
-            Value::Object(m) => m,
-            _ => {
-                return Err(DataError::InvalidInput(
-                    "options must be an object".to_owned(),
-                ));
-            }
+        let Some(t) = options else {
+            return o;
         };
-        let bool_opt = |k: &str| -> Result<Option<bool>, DataError> {
-            match map.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Bool(b)) => Ok(Some(*b)),
-                Some(_) => Err(DataError::InvalidInput(format!(
-                    "option {k} must be a boolean"
-                ))),
-            }
-        };
-        let usize_opt = |k: &str| -> Result<Option<usize>, DataError> {
-            match map.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|n| *n > 0)
-                    .and_then(|n| usize::try_from(n).ok())
-                    .map(Some)
-                    .ok_or_else(|| {
-                        DataError::InvalidInput(format!("option {k} must be a positive integer"))
-                    }),
-            }
-        };
-        o.overwrite = bool_opt("overwrite")?.unwrap_or(false);
-        o.remove_duplicates = bool_opt("remove_duplicates")?.unwrap_or(false);
-        if let Some(v) = map.get("handle_missing").filter(|v| !v.is_null()) {
-            let s = v.as_str().ok_or_else(|| {
-                DataError::InvalidInput("option handle_missing must be a string".to_owned())
-            })?;
-            o.handle_missing = HandleMissing::parse(s)?;
+        o.overwrite = t.overwrite.unwrap_or(false);
+        o.remove_duplicates = t.remove_duplicates.unwrap_or(false);
+        o.handle_missing = t.handle_missing.unwrap_or_default();
+        o.columns = t
+            .columns
+            .as_ref()
+            .or(t.column_order.as_ref())
+            .map(|c| c.get().iter().map(|c| c.name().to_owned()).collect());
+        o.compression = t.compression.unwrap_or_default();
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(n) = t.batch_size {
+            o.batch_size = size(n.get());
         }
-        if let Some(v) = map
-            .get("columns")
-            .or_else(|| map.get("column_order"))
-            .filter(|v| !v.is_null())
-        {
-            let cols = v
-                .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|c| c.as_str().map(str::to_owned))
-                        .collect::<Option<Vec<_>>>()
-                })
-                .ok_or_else(|| {
-                    DataError::InvalidInput("option columns must be a list of names".to_owned())
-                })?;
-            o.columns = Some(cols);
+        if let Some(n) = t.max_dedup_keys {
+            o.max_dedup_keys = size(n.get());
         }
-        if let Some(v) = map.get("compression").filter(|v| !v.is_null()) {
-            let s = v.as_str().ok_or_else(|| {
-                DataError::InvalidInput("option compression must be a string".to_owned())
-            })?;
-            o.compression = Compression::parse(s)?;
+        if let Some(n) = t.max_pending_rows {
+            o.max_pending_rows = size(n.get());
         }
-        if let Some(n) = usize_opt("batch_size")? {
-            o.batch_size = n;
-        }
-        if let Some(n) = usize_opt("max_dedup_keys")? {
-            o.max_dedup_keys = n;
-        }
-        if let Some(n) = usize_opt("max_pending_rows")? {
-            o.max_pending_rows = n;
-        }
-        o.output_columns()?;
-        Ok(o)
+        o
     }
 
     /// Indices into the canonical schema of the output columns, in output order.

@@ -8,36 +8,11 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, PathError};
 
-/// Checks a user-supplied relative path without touching the filesystem.
-///
-/// Refuses empty paths, absolute paths, any `..` component, backslashes and NUL bytes.
-pub fn validate_relative_path(path: &str) -> Result<(), PathError> {
-    if path.trim().is_empty() {
-        return Err(PathError::Empty);
-    }
-    // Backslashes would be separators on Windows and never appear in our data file names.
-    if path.contains('\0') || path.contains('\\') {
-        return Err(PathError::ForbiddenCharacter(path.to_owned()));
-    }
-    let p = Path::new(path);
-    if p.is_absolute() || path.starts_with('/') {
-        return Err(PathError::Absolute(path.to_owned()));
-    }
-    for c in p.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err(PathError::Escapes(path.to_owned())),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(PathError::Absolute(path.to_owned()));
-            }
-        }
-    }
-    Ok(())
-}
+pub use redline_catalog::values::validate_relative_path;
 
 /// The directory every task path is resolved in (`REDLINE_DATA_DIR`, `./data` by default; the
 /// caller reads the environment, this library never does).
@@ -223,30 +198,6 @@ impl Write for OutputFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relative_paths_are_validated_without_the_filesystem() {
-        assert!(validate_relative_path("a.csv").is_ok());
-        assert!(validate_relative_path("downloaded/a.csv").is_ok());
-        assert!(validate_relative_path("./a.csv").is_ok());
-        assert_eq!(validate_relative_path(""), Err(PathError::Empty));
-        assert!(matches!(
-            validate_relative_path("/etc/passwd"),
-            Err(PathError::Absolute(_))
-        ));
-        assert!(matches!(
-            validate_relative_path("../x.csv"),
-            Err(PathError::Escapes(_))
-        ));
-        assert!(matches!(
-            validate_relative_path("a/../../x.csv"),
-            Err(PathError::Escapes(_))
-        ));
-        assert!(matches!(
-            validate_relative_path("a\\..\\x"),
-            Err(PathError::ForbiddenCharacter(_))
-        ));
-    }
 
     #[test]
     fn symlink_out_of_the_root_is_refused() -> Result<(), Box<dyn std::error::Error>> {

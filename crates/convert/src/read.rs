@@ -238,7 +238,7 @@ impl Source {
                 }
             }
         };
-        if format.is_columnar() && !map_columns(&header).iter().any(Option::is_some) {
+        if is_columnar(format) && !map_columns(&header).iter().any(Option::is_some) {
             return Err(no_columns(name, &header));
         }
         let normalizer = Normalizer::new(name, &header, default_ticker);
@@ -574,10 +574,9 @@ fn last_record_end(block: &[u8]) -> Option<usize> {
     end
 }
 
-impl Format {
-    fn is_columnar(self) -> bool {
-        matches!(self, Format::Parquet | Format::Feather | Format::Arrow)
-    }
+/// Whether the format carries its own schema (Parquet and Arrow IPC), so no header row is read.
+fn is_columnar(format: Format) -> bool {
+    matches!(format, Format::Parquet | Format::Feather | Format::Arrow)
 }
 
 fn column_kind(name: Option<&str>) -> &'static str {

@@ -18,18 +18,8 @@ use arrow::record_batch::RecordBatch;
 
 use crate::error::DataError;
 
-/// The canonical column names, in order.
-pub const CANONICAL_COLUMNS: [&str; 9] = [
-    "ticker",
-    "timestamp",
-    "open",
-    "high",
-    "low",
-    "close",
-    "vol",
-    "openint",
-    "format",
-];
+/// The canonical column names, in order (the catalogue's [`redline_catalog::values::Column`]).
+pub use redline_catalog::values::CANONICAL_COLUMNS;
 
 /// The numeric canonical columns.
 pub const NUMERIC_COLUMNS: [&str; 6] = ["open", "high", "low", "close", "vol", "openint"];

@@ -1,14 +1,20 @@
-//! The task functions the worker wraps, one per task type of the original.
+//! The task functions the worker wraps, one per data task of the catalogue (`redline_catalog::data`).
 //!
-//! Each is synchronous (the worker runs it inside `spawn_blocking`), reports progress through a
-//! callback, polls `cancelled` between batches, and returns the original's result object. Paths
-//! are relative to the [`DataRoot`] in the [`DataContext`].
+//! Each takes the task's typed arguments (already valid: paths relative and inside the root, formats,
+//! tickers and dates checked when they were deserialized), is synchronous (the worker runs it inside
+//! `spawn_blocking`), reports progress through a callback, polls `cancelled` between batches, and returns
+//! the task's typed result, the original's shape. Paths resolve in the [`DataRoot`] of the [`DataContext`].
 
 use std::path::Path;
 
+use redline_catalog::data::{
+    AnalysisArgs, AnalysisResult, BulkArgs, BulkOperation, BulkOutcome, BulkResult, ConversionArgs,
+    ConversionResult, DataOptions, DataShape, DateRange, DownloadArgs, DownloadResult, Success,
+    UploadArgs, UploadResult,
+};
 use serde_json::{Map, Value, json};
 
-use crate::analysis::{AnalysisType, Analyzer};
+use crate::analysis::Analyzer;
 use crate::convert::{ConvertJob, ConvertProgress, convert_file, scan_file};
 use crate::download::{DownloadConfig, check_body, fetch};
 use crate::error::DataError;
@@ -16,7 +22,6 @@ use crate::format::Format;
 use crate::options::ConvertOptions;
 use crate::paths::{DataRoot, OutputFile};
 use crate::read::Source;
-use crate::validate::validate_download;
 
 /// One progress event, as the original's `PROGRESS` meta: `{step, progress, ...details}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,35 +91,37 @@ fn now() -> String {
 }
 
 fn input_format(path: &Path) -> Result<Format, DataError> {
-    Format::from_path(path)
+    Ok(Format::from_path(path)?)
 }
 
 fn pct(fraction: f64, from: f64, to: f64) -> f64 {
     ((to - from).mul_add(fraction, from) * 10.0).round() / 10.0
 }
 
-/// `process_data_conversion`: converts `input_file` to `output_file` (both relative to the root).
+/// `process_data_conversion`: converts `input_file` (looked up in the root, then in `downloaded/`) to
+/// `output_file`.
 ///
-/// `output_format` may be empty, in which case the output extension decides. Progress:
-/// `loading_data/10` → `converting_data` (10 to 90 by bytes read, with `rows`, `bytes_read`,
-/// `total_bytes`) → `finalizing/90`. Result: `{status:"success", input_file, output_file,
-/// output_format, rows_converted, columns, completed_at}`.
+/// Progress: `loading_data/10` → `converting_data` (10 to 90 by bytes read, with `rows`, `bytes_read`,
+/// `total_bytes`) → `finalizing/90`.
 pub fn process_data_conversion(
     ctx: &DataContext,
-    input_file: &str,
-    output_format: &str,
-    output_file: &str,
-    options: &Value,
+    args: &ConversionArgs,
     progress: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
-) -> Result<Value, DataError> {
-    let opts = ConvertOptions::from_json(options)?;
-    let out_format = if output_format.trim().is_empty() {
-        Format::from_path(Path::new(output_file))?
-    } else {
-        Format::from_name(output_format)?
-    };
-    crate::paths::validate_relative_path(output_file)?;
+) -> Result<ConversionResult, DataError> {
+    convert_with(ctx, args, args.options.as_ref(), progress, cancelled)
+}
+
+/// A conversion with `options` (a bulk operation's own, or the bulk task's).
+fn convert_with(
+    ctx: &DataContext,
+    args: &ConversionArgs,
+    options: Option<&DataOptions>,
+    progress: &mut dyn FnMut(Progress),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<ConversionResult, DataError> {
+    let opts = ConvertOptions::from_task(options);
+    let (input_file, output_file) = (args.input_file.as_str(), args.output_file.as_str());
     progress(Progress::new("loading_data", 10.0).with("input_file", input_file));
     let input = ctx.find_input(input_file)?;
     let output = ctx.root.resolve_output(output_file)?;
@@ -123,7 +130,7 @@ pub fn process_data_conversion(
         input_name: input_file,
         input_format: input_format(&input)?,
         output: &output,
-        output_format: out_format,
+        output_format: args.output_format,
         default_ticker: None,
     };
     let mut on_progress = |p: ConvertProgress| {
@@ -136,34 +143,39 @@ pub fn process_data_conversion(
     };
     let summary = convert_file(&job, &opts, &mut on_progress, cancelled)?;
     progress(Progress::new("finalizing", 90.0).with("rows", summary.rows));
-    Ok(json!({
-        "status": "success",
-        "input_file": input_file,
-        "output_file": output_file,
-        "output_format": out_format.name(),
-        "rows_converted": summary.rows,
-        "columns": summary.columns,
-        "completed_at": now(),
-    }))
+    Ok(ConversionResult {
+        status: Success::Success,
+        input_file: input_file.to_owned(),
+        output_file: output_file.to_owned(),
+        output_format: args.output_format,
+        rows_converted: summary.rows,
+        columns: summary.columns,
+        completed_at: now(),
+    })
 }
 
-/// `process_data_analysis`: statistics of `data_file` (looked up in `<root>/<f>`, then
-/// `<root>/downloaded/<f>`), in one streaming pass.
+/// `process_data_analysis`: statistics of `data_file` (looked up in the root, then in `downloaded/`), in
+/// one streaming pass.
 ///
 /// Progress: `loading_data/10` → `analyzing` (50, then up to 95 by bytes read) → `completed/100`.
-/// Result: `{status, data_file, analysis_type, result, data_shape:{rows,columns}, columns,
-/// completed_at}`. Unknown analysis types are refused (the original returned success with an
-/// error inside the result).
 pub fn process_data_analysis(
     ctx: &DataContext,
-    data_file: &str,
-    analysis_type: &str,
-    options: &Value,
+    args: &AnalysisArgs,
     progress: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
-) -> Result<Value, DataError> {
-    let kind = AnalysisType::parse(analysis_type)?;
-    let opts = ConvertOptions::from_json(options)?;
+) -> Result<AnalysisResult, DataError> {
+    analyze_with(ctx, args, args.options.as_ref(), progress, cancelled)
+}
+
+fn analyze_with(
+    ctx: &DataContext,
+    args: &AnalysisArgs,
+    options: Option<&DataOptions>,
+    progress: &mut dyn FnMut(Progress),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<AnalysisResult, DataError> {
+    let opts = ConvertOptions::from_task(options);
+    let data_file = args.data_file.as_str();
     progress(Progress::new("loading_data", 10.0).with("data_file", data_file));
     let path = ctx.find_input(data_file)?;
     let format = input_format(&path)?;
@@ -171,7 +183,7 @@ pub fn process_data_analysis(
     let mut source = Source::open(&path, data_file, format, opts.batch_size, None)?;
     let present = source.present_columns();
     let src_progress = source.progress();
-    let mut analyzer = Analyzer::new(kind, &present);
+    let mut analyzer = Analyzer::new(args.analysis_type, &present);
     let mut last = 0.0;
     while let Some(batch) = source.next_batch()? {
         if cancelled() {
@@ -187,39 +199,38 @@ pub fn process_data_analysis(
     let rows = analyzer.rows();
     let result = analyzer.finish();
     progress(Progress::new("completed", 100.0).with("rows", rows));
-    Ok(json!({
-        "status": "success",
-        "data_file": data_file,
-        "analysis_type": kind.name(),
-        "result": result,
-        "data_shape": {"rows": rows, "columns": present.len()},
-        "columns": present,
-        "completed_at": now(),
-    }))
+    Ok(AnalysisResult {
+        status: Success::Success,
+        data_file: data_file.to_owned(),
+        analysis_type: args.analysis_type,
+        result,
+        data_shape: DataShape {
+            rows,
+            columns: present.len() as u64,
+        },
+        columns: present.iter().map(|c| (*c).to_owned()).collect(),
+        completed_at: now(),
+    })
 }
 
-/// `process_file_upload`: with `target_format`, converts `file_path` to the same name with the
-/// new extension; without, counts its rows and columns.
+/// `process_file_upload`: with `target_format`, converts `file_path` to the same name with the new
+/// extension; without, counts its rows and columns.
 ///
-/// Progress: `loading/10` → `processing/50` → (`converted/90`) → `completed/100`. Results as the
-/// original: `{status, original_file, converted_file, target_format, rows, columns,
-/// completed_at}` or `{status, file_path, rows, columns, completed_at}`.
+/// Progress: `loading/10` → `processing/50` → (`converted/90`) → `completed/100`.
 pub fn process_file_upload(
     ctx: &DataContext,
-    file_path: &str,
-    target_format: Option<&str>,
-    options: &Value,
+    args: &UploadArgs,
     progress: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
-) -> Result<Value, DataError> {
-    let opts = ConvertOptions::from_json(options)?;
+) -> Result<UploadResult, DataError> {
+    let opts = ConvertOptions::from_task(args.options.as_ref());
+    let file_path = args.file_path.as_str();
     progress(Progress::new("loading", 10.0).with("file_path", file_path));
     let input = ctx.find_input(file_path)?;
     let in_format = input_format(&input)?;
     progress(Progress::new("processing", 50.0));
-    match target_format.filter(|t| !t.trim().is_empty()) {
-        Some(target) => {
-            let out_format = Format::from_name(target)?;
+    match args.target_format {
+        Some(out_format) => {
             let converted = Path::new(file_path)
                 .with_extension(out_format.extension())
                 .to_string_lossy()
@@ -242,15 +253,15 @@ pub fn process_file_upload(
             let summary = convert_file(&job, &opts, &mut |_| {}, cancelled)?;
             progress(Progress::new("converted", 90.0).with("rows", summary.rows));
             progress(Progress::new("completed", 100.0));
-            Ok(json!({
-                "status": "success",
-                "original_file": file_path,
-                "converted_file": converted,
-                "target_format": out_format.name(),
-                "rows": summary.rows,
-                "columns": summary.columns,
-                "completed_at": now(),
-            }))
+            Ok(UploadResult::Converted {
+                status: Success::Success,
+                original_file: file_path.to_owned(),
+                converted_file: converted,
+                target_format: out_format,
+                rows: summary.rows,
+                columns: summary.columns,
+                completed_at: now(),
+            })
         }
         None => {
             let mut rows = 0u64;
@@ -266,13 +277,13 @@ pub fn process_file_upload(
                 cancelled,
             )?;
             progress(Progress::new("completed", 100.0).with("rows", rows));
-            Ok(json!({
-                "status": "success",
-                "file_path": file_path,
-                "rows": rows,
-                "columns": present,
-                "completed_at": now(),
-            }))
+            Ok(UploadResult::Counted {
+                status: Success::Success,
+                file_path: file_path.to_owned(),
+                rows,
+                columns: present.iter().map(|c| (*c).to_owned()).collect(),
+                completed_at: now(),
+            })
         }
     }
 }
@@ -280,24 +291,32 @@ pub fn process_file_upload(
 /// `process_data_download`: fetches daily OHLCV for `ticker` from `source` and writes
 /// `<root>/downloaded/{ticker}_{source}_{start}_to_{end}.csv` in the canonical schema.
 ///
-/// Progress: `initializing/5` → `downloading/30` → `saving/80` → `completed/100`. Result:
-/// `{status, ticker, source, filename, filepath, records, columns, date_range:{start,end},
-/// completed_at}` (`filepath` relative to the data root). An existing file is kept unless
-/// `options.overwrite` is true.
-// The arguments mirror the task's kwargs one to one, which keeps the worker's wrapper trivial.
-#[allow(clippy::too_many_arguments)]
+/// Progress: `initializing/5` → `downloading/30` → `saving/80` → `completed/100`. An existing file is kept
+/// unless `options.overwrite` is true.
 pub fn process_data_download(
     ctx: &DataContext,
-    ticker: &str,
-    start_date: &str,
-    end_date: &str,
-    source: &str,
-    options: &Value,
+    args: &DownloadArgs,
     progress: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
-) -> Result<Value, DataError> {
-    validate_download(ticker, start_date, end_date)?;
-    let opts = ConvertOptions::from_json(options)?;
+) -> Result<DownloadResult, DataError> {
+    download_with(ctx, args, args.options.as_ref(), progress, cancelled)
+}
+
+fn download_with(
+    ctx: &DataContext,
+    args: &DownloadArgs,
+    options: Option<&DataOptions>,
+    progress: &mut dyn FnMut(Progress),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<DownloadResult, DataError> {
+    let (ticker, source) = (args.ticker.as_str(), args.source());
+    let (start_date, end_date) = (args.start_date.as_str(), args.end_date.as_str());
+    if args.start_date.date() > args.end_date.date() {
+        return Err(DataError::InvalidInput(format!(
+            "start_date {start_date} is after end_date {end_date}"
+        )));
+    }
+    let opts = ConvertOptions::from_task(options);
     progress(Progress::new("initializing", 5.0).with("ticker", ticker));
     let url = ctx.download.url(source, ticker, start_date, end_date)?;
     let filename = format!("{ticker}_{source}_{start_date}_to_{end_date}.csv");
@@ -339,90 +358,68 @@ pub fn process_data_download(
         other => other,
     })?;
     progress(Progress::new("completed", 100.0).with("records", summary.rows));
-    Ok(json!({
-        "status": "success",
-        "ticker": ticker,
-        "source": source,
-        "filename": filename,
-        "filepath": rel,
-        "records": summary.rows,
-        "columns": summary.columns,
-        "date_range": {"start": start_date, "end": end_date},
-        "completed_at": now(),
-    }))
+    Ok(DownloadResult {
+        status: Success::Success,
+        ticker: ticker.to_owned(),
+        source: source.to_owned(),
+        filename,
+        filepath: rel,
+        records: summary.rows,
+        columns: summary.columns,
+        date_range: DateRange {
+            start: start_date.to_owned(),
+            end: end_date.to_owned(),
+        },
+        completed_at: now(),
+    })
 }
 
-fn str_field<'a>(data: &'a Value, key: &str) -> Result<&'a str, DataError> {
-    data.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| DataError::InvalidInput(format!("missing string field '{key}'")))
-}
-
-/// Runs one bulk operation (`convert`, `download` or `analyze`).
+/// Runs one bulk operation with its own options, else the bulk task's.
 fn run_operation(
     ctx: &DataContext,
-    op: &Value,
-    options: &Value,
+    op: &BulkOperation,
+    options: Option<&DataOptions>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Value, DataError> {
-    let kind = op.get("type").and_then(Value::as_str).unwrap_or("");
-    let data = op.get("data").unwrap_or(&Value::Null);
     let sink = &mut |_: Progress| {};
-    match kind {
-        "convert" => process_data_conversion(
+    let value = match op {
+        BulkOperation::Convert(a) => serde_json::to_value(convert_with(
             ctx,
-            str_field(data, "input_file")?,
-            data.get("output_format")
-                .and_then(Value::as_str)
-                .unwrap_or(""),
-            str_field(data, "output_file")?,
-            options,
+            a,
+            a.options.as_ref().or(options),
             sink,
             cancelled,
-        ),
-        "download" => process_data_download(
+        )?),
+        BulkOperation::Download(a) => serde_json::to_value(download_with(
             ctx,
-            str_field(data, "ticker")?,
-            str_field(data, "start_date")?,
-            str_field(data, "end_date")?,
-            data.get("source")
-                .and_then(Value::as_str)
-                .unwrap_or("stooq"),
-            options,
+            a,
+            a.options.as_ref().or(options),
             sink,
             cancelled,
-        ),
-        "analyze" => process_data_analysis(
+        )?),
+        BulkOperation::Analyze(a) => serde_json::to_value(analyze_with(
             ctx,
-            str_field(data, "data_file")?,
-            str_field(data, "analysis_type")?,
-            options,
+            a,
+            a.options.as_ref().or(options),
             sink,
             cancelled,
-        ),
-        other => Err(DataError::InvalidInput(format!(
-            "unknown operation type '{other}' (expected convert, download or analyze)"
-        ))),
-    }
+        )?),
+    };
+    value.map_err(|e| DataError::Internal(format!("result not serializable: {e}")))
 }
 
-/// `process_bulk_operations`: runs `operations` (`[{type, data}]`) in order; a failing operation
-/// is recorded and the others still run. `options` is passed to every operation.
+/// `process_bulk_operations`: runs `operations` in order; a failing operation is recorded and the others
+/// still run. The task's `options` apply to every operation that has none of its own.
 ///
-/// Progress: `{step:"operation_N", progress, current, total}` before each, then
-/// `{step:"completed", progress:100, current:total, total}`. Result: `{status:"success",
-/// total_operations, successful, failed, results:[{operation, type, status, result|error}],
-/// completed_at}`.
+/// Progress: `{step:"operation_N", progress, current, total}` before each, then `{step:"completed",
+/// progress:100, current:total, total}`.
 pub fn process_bulk_operations(
     ctx: &DataContext,
-    operations: &Value,
-    options: &Value,
+    args: &BulkArgs,
     progress: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
-) -> Result<Value, DataError> {
-    let ops = operations
-        .as_array()
-        .ok_or_else(|| DataError::InvalidInput("operations must be a list".to_owned()))?;
+) -> Result<BulkResult, DataError> {
+    let ops = &args.operations;
     let total = ops.len();
     let mut results = Vec::with_capacity(total);
     let mut successful = 0;
@@ -437,29 +434,33 @@ pub fn process_bulk_operations(
                 .with("current", i + 1)
                 .with("total", total),
         );
-        let kind = op.get("type").cloned().unwrap_or(Value::Null);
-        match run_operation(ctx, op, options, cancelled) {
+        let (result, error) = match run_operation(ctx, op, args.options.as_ref(), cancelled) {
             Ok(result) => {
                 successful += 1;
-                results.push(json!({"operation": i + 1, "type": kind, "status": "success", "result": result}));
+                (Some(result), None)
             }
             Err(DataError::Cancelled) => return Err(DataError::Cancelled),
-            Err(e) => {
-                results.push(json!({"operation": i + 1, "type": kind, "status": "error", "error": e.to_string()}));
-            }
-        }
+            Err(e) => (None, Some(e.to_string())),
+        };
+        results.push(BulkOutcome {
+            operation: i + 1,
+            kind: op.kind().to_owned(),
+            status: if error.is_none() { "success" } else { "error" }.to_owned(),
+            result,
+            error,
+        });
     }
     progress(
         Progress::new("completed", 100.0)
             .with("current", total)
             .with("total", total),
     );
-    Ok(json!({
-        "status": "success",
-        "total_operations": total,
-        "successful": successful,
-        "failed": total - successful,
-        "results": results,
-        "completed_at": now(),
-    }))
+    Ok(BulkResult {
+        status: Success::Success,
+        total_operations: total,
+        successful,
+        failed: total - successful,
+        results,
+        completed_at: now(),
+    })
 }

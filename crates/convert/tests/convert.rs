@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
 use arrow::compute::concat_batches;
 use arrow::record_batch::RecordBatch;
+use redline_catalog::data::{AnalysisArgs, BulkArgs, ConversionArgs, DownloadArgs};
 use redline_convert::convert::{ConvertJob, convert_file};
 use redline_convert::download::DownloadConfig;
 use redline_convert::paths::OutputFile;
@@ -104,7 +105,7 @@ fn small_batches() -> ConvertOptions {
 fn every_pair_of_formats_round_trips_values_types_and_timestamps() -> TestResult {
     let dir = tempfile::tempdir()?;
     let original = sample(60);
-    for from in Format::ALL {
+    for &from in Format::ALL {
         let src = dir.path().join(format!("src.{}", from.extension()));
         write_with_sink(&original, &src, from)?;
         assert_eq!(
@@ -112,7 +113,7 @@ fn every_pair_of_formats_round_trips_values_types_and_timestamps() -> TestResult
             original,
             "{from:?} written then read"
         );
-        for to in Format::ALL {
+        for &to in Format::ALL {
             let dst = dir
                 .path()
                 .join(format!("dst_{}.{}", from.extension(), to.extension()));
@@ -358,6 +359,11 @@ fn ctx(dir: &Path) -> DataContext {
     DataContext::new(DataRoot::new(dir))
 }
 
+/// Task arguments as a client sends them: JSON, deserialized (and so validated) by the catalogue's types.
+fn args<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, serde_json::Error> {
+    serde_json::from_value(v)
+}
+
 fn write_prices(dir: &Path, name: &str, rows: usize) -> std::io::Result<()> {
     let mut s = String::from("ticker,timestamp,open,high,low,close,vol\n");
     for i in 0..rows {
@@ -381,13 +387,12 @@ fn conversion_task_reports_progress_and_the_original_result_shape() -> TestResul
     let mut events = Vec::new();
     let r = process_data_conversion(
         &ctx(dir.path()),
-        "p.csv",
-        "parquet",
-        "converted/p.parquet",
-        &json!({"batch_size": 10}),
+        &args(json!({"input_file": "p.csv", "output_format": "parquet",
+                     "output_file": "converted/p.parquet", "options": {"batch_size": 10}}))?,
         &mut |p| events.push(p),
         &|| false,
     )?;
+    let r = serde_json::to_value(r)?;
     assert_eq!(r["status"], "success");
     assert_eq!(r["input_file"], "p.csv");
     assert_eq!(r["output_file"], "converted/p.parquet");
@@ -426,61 +431,51 @@ fn conversion_task_reports_progress_and_the_original_result_shape() -> TestResul
     // Overwrite protection, then explicit overwrite.
     let again = process_data_conversion(
         &ctx(dir.path()),
-        "p.csv",
-        "",
-        "converted/p.parquet",
-        &Value::Null,
+        &args(json!({"input_file": "p.csv", "output_format": "parquet",
+                     "output_file": "converted/p.parquet"}))?,
         &mut |_| {},
         &|| false,
     );
     assert!(matches!(again, Err(DataError::AlreadyExists(_))));
     process_data_conversion(
         &ctx(dir.path()),
-        "p.csv",
-        "",
-        "converted/p.parquet",
-        &json!({"overwrite": true}),
+        &args(json!({"input_file": "p.csv", "output_format": "parquet",
+                     "output_file": "converted/p.parquet", "options": {"overwrite": true}}))?,
         &mut |_| {},
         &|| false,
     )?;
 
-    // Paths outside the root are refused before anything is read or written.
+    // Paths outside the root and DuckDB cannot even be stated as arguments, so nothing is read or written.
     for (i, o) in [
         ("../p.csv", "x.csv"),
         ("/etc/passwd", "x.csv"),
         ("p.csv", "../x.csv"),
         ("p.csv", "/tmp/x.csv"),
     ] {
-        let e = process_data_conversion(
-            &ctx(dir.path()),
-            i,
-            "csv",
-            o,
-            &Value::Null,
-            &mut |_| {},
-            &|| false,
+        let e = args::<ConversionArgs>(
+            json!({"input_file": i, "output_format": "csv", "output_file": o}),
         );
-        assert!(matches!(e, Err(DataError::Path(_))), "{i} -> {o}: {e:?}");
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.to_string().contains("data directory")),
+            "{i} -> {o}: {e:?}"
+        );
     }
+    let duckdb = args::<ConversionArgs>(
+        json!({"input_file": "p.csv", "output_format": "duckdb", "output_file": "p.duckdb"}),
+    );
+    assert!(duckdb.is_err_and(|e| e.to_string().contains("DuckDB")));
+    // The data root refuses escapes again at run time, whatever built the path.
     assert!(matches!(
-        process_data_conversion(
-            &ctx(dir.path()),
-            "p.csv",
-            "duckdb",
-            "p.duckdb",
-            &Value::Null,
-            &mut |_| {},
-            &|| false
-        ),
-        Err(DataError::UnsupportedFormat { .. })
+        ctx(dir.path()).root.resolve_output("../x.csv"),
+        Err(DataError::Path(_))
     ));
     assert!(matches!(
         process_data_conversion(
             &ctx(dir.path()),
-            "missing.csv",
-            "csv",
-            "m.csv",
-            &Value::Null,
+            &args(
+                json!({"input_file": "missing.csv", "output_format": "csv", "output_file": "m.csv"})
+            )?,
             &mut |_| {},
             &|| false
         ),
@@ -496,10 +491,10 @@ fn cancellation_stops_between_batches_and_leaves_no_output() -> TestResult {
     let polls = AtomicUsize::new(0);
     let e = process_data_conversion(
         &ctx(dir.path()),
-        "p.csv",
-        "json",
-        "p.json",
-        &json!({"batch_size": 10}),
+        &args(
+            json!({"input_file": "p.csv", "output_format": "json", "output_file": "p.json",
+                     "options": {"batch_size": 10}}),
+        )?,
         &mut |_| {},
         &|| polls.fetch_add(1, Ordering::Relaxed) >= 3,
     );
@@ -517,12 +512,11 @@ fn analysis_task_computes_statistics_in_one_pass() -> TestResult {
     let mut events = Vec::new();
     let r = process_data_analysis(
         &c,
-        "p.csv",
-        "statistical",
-        &Value::Null,
+        &args(json!({"data_file": "p.csv", "analysis_type": "statistical"}))?,
         &mut |p| events.push(p.step),
         &|| false,
     )?;
+    let r = serde_json::to_value(r)?;
     assert_eq!(events.first().map(String::as_str), Some("loading_data"));
     assert_eq!(events.last().map(String::as_str), Some("completed"));
     assert_eq!(r["data_shape"], json!({"rows": 4, "columns": 7}));
@@ -539,39 +533,32 @@ fn analysis_task_computes_statistics_in_one_pass() -> TestResult {
     assert_eq!(close["50%"], 101.5);
     let std = close["std"].as_f64().unwrap_or(0.0);
     assert!((std - 1.290_994_448_735_805_6).abs() < 1e-12);
-    let f = process_data_analysis(&c, "p.csv", "financial", &Value::Null, &mut |_| {}, &|| {
-        false
-    })?;
+    let analysis = |kind: &str| -> Result<Value, Box<dyn std::error::Error>> {
+        let a = args(json!({"data_file": "p.csv", "analysis_type": kind}))?;
+        Ok(serde_json::to_value(process_data_analysis(
+            &c,
+            &a,
+            &mut |_| {},
+            &|| false,
+        )?)?)
+    };
+    let f = analysis("financial")?;
     assert_eq!(
         f["result"]["volume_stats"],
         json!({"mean": 25.0, "total": 100.0})
     );
     assert_eq!(f["result"]["close_stats"]["max"], 103.0);
-    let k = process_data_analysis(
-        &c,
-        "p.csv",
-        "correlation",
-        &Value::Null,
-        &mut |_| {},
-        &|| false,
-    )?;
+    let k = analysis("correlation")?;
     let r_cv = k["result"]["close"]["vol"].as_f64().unwrap_or(0.0);
     assert!(
         (r_cv - 1.0).abs() < 1e-12,
         "close and vol rise together: {r_cv}"
     );
     assert_eq!(k["result"]["open"]["open"], 1.0);
-    assert!(matches!(
-        process_data_analysis(
-            &c,
-            "p.csv",
-            "time_series",
-            &Value::Null,
-            &mut |_| {},
-            &|| false
-        ),
-        Err(DataError::InvalidInput(_))
-    ));
+    assert!(
+        args::<AnalysisArgs>(json!({"data_file": "p.csv", "analysis_type": "time_series"}))
+            .is_err_and(|e| e.to_string().contains("unknown analysis type"))
+    );
     Ok(())
 }
 
@@ -583,19 +570,24 @@ fn upload_task_converts_or_counts() -> TestResult {
     let mut steps = Vec::new();
     let r = process_file_upload(
         &c,
-        "u.csv",
-        Some("feather"),
-        &Value::Null,
+        &args(json!({"file_path": "u.csv", "target_format": "feather"}))?,
         &mut |p| steps.push(p.step),
         &|| false,
     )?;
+    let r = serde_json::to_value(r)?;
     assert_eq!(steps, ["loading", "processing", "converted", "completed"]);
     assert_eq!(r["original_file"], "u.csv");
     assert_eq!(r["converted_file"], "u.feather");
     assert_eq!(r["target_format"], "feather");
     assert_eq!(r["rows"], 7);
     assert!(dir.path().join("u.feather").exists());
-    let r = process_file_upload(&c, "u.feather", None, &Value::Null, &mut |_| {}, &|| false)?;
+    let r = process_file_upload(
+        &c,
+        &args(json!({"file_path": "u.feather"}))?,
+        &mut |_| {},
+        &|| false,
+    )?;
+    let r = serde_json::to_value(r)?;
     assert_eq!(r["file_path"], "u.feather");
     assert_eq!(r["rows"], 7);
     Ok(())
@@ -609,16 +601,17 @@ fn bulk_task_runs_every_operation_even_after_a_failure() -> TestResult {
         {"type": "convert", "data": {"input_file": "b.csv", "output_format": "json", "output_file": "b.json"}},
         {"type": "convert", "data": {"input_file": "nope.csv", "output_format": "json", "output_file": "n.json"}},
         {"type": "analyze", "data": {"data_file": "b.csv", "analysis_type": "basic"}},
-        {"type": "frobnicate", "data": {}}
+        {"type": "download", "data": {"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-01-02",
+                                     "source": "unconfigured"}}
     ]);
     let mut events = Vec::new();
     let r = process_bulk_operations(
         &ctx(dir.path()),
-        &ops,
-        &Value::Null,
+        &args(json!({"operations": ops}))?,
         &mut |p| events.push(p.to_json()),
         &|| false,
     )?;
+    let r = serde_json::to_value(r)?;
     assert_eq!(r["total_operations"], 4);
     assert_eq!(r["successful"], 2);
     assert_eq!(r["failed"], 2);
@@ -631,7 +624,14 @@ fn bulk_task_runs_every_operation_even_after_a_failure() -> TestResult {
             .is_some_and(|e| e.contains("nope.csv"))
     );
     assert_eq!(r["results"][2]["operation"], 3);
-    assert_eq!(r["results"][3]["type"], "frobnicate");
+    assert_eq!(r["results"][3]["type"], "download");
+    assert!(
+        r["results"][3]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unsupported source"))
+    );
+    // An operation of no known kind cannot be stated.
+    assert!(args::<BulkArgs>(json!({"operations": [{"type": "frobnicate", "data": {}}]})).is_err());
     assert_eq!(
         events[1],
         json!({"step": "operation_2", "progress": 25.0, "current": 2, "total": 4})
@@ -699,14 +699,13 @@ fn download_retries_5xx_and_writes_the_canonical_csv() -> TestResult {
     let mut steps = Vec::new();
     let r = process_data_download(
         &download_ctx(dir.path(), &base),
-        "AAPL.US",
-        "2024-01-01",
-        "2024-01-31",
-        "stooq",
-        &Value::Null,
+        &args(
+            json!({"ticker": "AAPL.US", "start_date": "2024-01-01", "end_date": "2024-01-31", "source": "stooq"}),
+        )?,
         &mut |p| steps.push(p.step),
         &|| false,
     )?;
+    let r = serde_json::to_value(r)?;
     let paths = server.join().map_err(|_| "server thread")?;
     assert_eq!(paths.len(), 2, "one retry after the 503");
     assert_eq!(paths[1], "/q/d/l/?s=aapl.us&d1=20240101&d2=20240131&i=d");
@@ -747,11 +746,9 @@ fn download_errors_are_classified() -> TestResult {
     let (base, server) = serve(vec![(404, "not found".into())])?;
     let e = process_data_download(
         &download_ctx(dir.path(), &base),
-        "AAPL",
-        "2024-01-01",
-        "2024-01-31",
-        "stooq",
-        &Value::Null,
+        &args(
+            json!({"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-01-31", "source": "stooq"}),
+        )?,
         &mut |_| {},
         &|| false,
     );
@@ -764,11 +761,9 @@ fn download_errors_are_classified() -> TestResult {
     let (base, server) = serve(vec![(200, "No data".into())])?;
     let e = process_data_download(
         &download_ctx(dir.path(), &base),
-        "AAPL",
-        "2024-01-01",
-        "2024-01-31",
-        "stooq",
-        &Value::Null,
+        &args(
+            json!({"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-01-31", "source": "stooq"}),
+        )?,
         &mut |_| {},
         &|| false,
     );
@@ -784,11 +779,9 @@ fn download_errors_are_classified() -> TestResult {
     )])?;
     let e = process_data_download(
         &download_ctx(dir.path(), &base),
-        "AAPL",
-        "2024-01-01",
-        "2024-01-31",
-        "stooq",
-        &Value::Null,
+        &args(
+            json!({"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-01-31", "source": "stooq"}),
+        )?,
         &mut |_| {},
         &|| false,
     );
@@ -805,11 +798,9 @@ fn download_errors_are_classified() -> TestResult {
     ])?;
     let e = process_data_download(
         &download_ctx(dir.path(), &base),
-        "AAPL",
-        "2024-01-01",
-        "2024-01-31",
-        "stooq",
-        &Value::Null,
+        &args(
+            json!({"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-01-31", "source": "stooq"}),
+        )?,
         &mut |_| {},
         &|| false,
     );
@@ -820,24 +811,24 @@ fn download_errors_are_classified() -> TestResult {
         "bounded attempts"
     );
 
+    assert!(
+        args::<DownloadArgs>(
+            json!({"ticker": "../x", "start_date": "2024-01-01", "end_date": "2024-01-31"})
+        )
+        .is_err_and(|e| e.to_string().contains("invalid ticker"))
+    );
     let e = process_data_download(
         &download_ctx(dir.path(), &base),
-        "../x",
-        "2024-01-01",
-        "2024-01-31",
-        "stooq",
-        &Value::Null,
+        &args(json!({"ticker": "AAPL", "start_date": "2024-02-01", "end_date": "2024-01-31"}))?,
         &mut |_| {},
         &|| false,
     );
-    assert!(matches!(e, Err(DataError::InvalidInput(_))));
+    assert!(matches!(e, Err(DataError::InvalidInput(m)) if m.contains("after end_date")));
     let e = process_data_download(
         &download_ctx(dir.path(), &base),
-        "AAPL",
-        "2024-01-01",
-        "2024-01-31",
-        "yahoo",
-        &Value::Null,
+        &args(
+            json!({"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-01-31", "source": "yahoo"}),
+        )?,
         &mut |_| {},
         &|| false,
     );

@@ -11,11 +11,9 @@
 //! - [`scripts`]: the Lua transitions;
 //! - [`store`]: the `TaskStore` API;
 //! - [`connect`]: Redis clients that fail fast and reconnect by themselves;
-//! - [`catalog`]: task type schemas and submit-time validation of arguments;
 //! - [`backoff`]: retry delays;
 
 pub mod backoff;
-pub mod catalog;
 pub mod connect;
 mod error;
 pub mod keys;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::catalog::{DEFAULT_MAX_RETRIES, DEFAULT_TIME_LIMIT};
+use redline_catalog::{DEFAULT_MAX_RETRIES, DEFAULT_TIME_LIMIT};
 
 /// The lifecycle of a task.
 ///

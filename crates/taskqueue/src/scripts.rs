@@ -12,7 +12,7 @@ fn script(body: &str) -> Script {
     // The defaults records omit, defined once (in the model) for Rust and Lua alike.
     let defaults = format!(
         "local DEFAULT_MAX_RETRIES = {}\n",
-        crate::catalog::DEFAULT_MAX_RETRIES
+        redline_catalog::DEFAULT_MAX_RETRIES
     );
     Script::from_lua(format!("{defaults}{COMMON}\n{body}"))
 }

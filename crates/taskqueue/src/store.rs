@@ -10,11 +10,11 @@ use fred::types::{ClusterHash, CustomCommand};
 use serde_json::Value as Json;
 
 use crate::StoreError;
-use crate::catalog::{DEFAULT_MAX_RETRIES, DEFAULT_TIME_LIMIT};
 use crate::connect::command_options;
 use crate::keys::{Keys, PRIORITIES};
 use crate::model::*;
 use crate::scripts::Scripts;
+use redline_catalog::{DEFAULT_MAX_RETRIES, DEFAULT_TIME_LIMIT};
 
 /// Settings of the queue that every process sharing a namespace must agree on.
 #[derive(Debug, Clone)]

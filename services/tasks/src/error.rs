@@ -1,7 +1,7 @@
 //! Errors of TaskService and their one mapping to gRPC status codes.
 
+use redline_catalog::FieldViolation;
 use redline_taskqueue::StoreError;
-use redline_taskqueue::catalog::FieldViolation;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 

@@ -5,9 +5,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::Stream;
+use redline_catalog::{Catalog, DEFAULT_MAX_RETRIES, DEFAULT_TIME_LIMIT, FieldViolation, TaskSpec};
 use redline_proto::tasks::task_service_server::TaskService;
 use redline_proto::tasks::*;
-use redline_taskqueue::catalog::{Catalog, FieldViolation, TaskSpec};
 use redline_taskqueue::keys::PRIORITIES;
 use redline_taskqueue::{
     CancelOutcome, Cursor, DEFAULT_QUEUE, ListFilter, NewTask, RetryOutcome, TaskRecord, TaskState,
@@ -158,7 +158,7 @@ impl TaskServiceImpl {
         }
         let max_retries = req
             .max_retries
-            .unwrap_or_else(|| spec.as_ref().map_or(3, |s| s.max_retries));
+            .unwrap_or_else(|| spec.as_ref().map_or(DEFAULT_MAX_RETRIES, |s| s.max_retries));
         if max_retries > 100 {
             v.push(FieldViolation::new(
                 field("max_retries"),
@@ -166,11 +166,7 @@ impl TaskServiceImpl {
             ));
         }
         let time_limit = match req.time_limit.as_ref().map(std_duration) {
-            None => spec
-                .as_ref()
-                .map_or(redline_taskqueue::catalog::DEFAULT_TIME_LIMIT, |s| {
-                    s.time_limit
-                }),
+            None => spec.as_ref().map_or(DEFAULT_TIME_LIMIT, |s| s.time_limit),
             Some(Some(d)) if !d.is_zero() && d <= Duration::from_secs(7 * 86_400) => d,
             Some(_) => {
                 v.push(FieldViolation::new(
@@ -405,19 +401,41 @@ fn spec_to_proto(s: &TaskSpec) -> TaskType {
         aliases: s.aliases.clone(),
         description: s.description.clone(),
         arguments: s
-            .args
-            .iter()
-            .map(|a| ArgumentSpec {
-                name: a.name.clone(),
-                r#type: a.kind.as_str().to_owned(),
-                required: a.required,
-                description: a.description.clone(),
-                allowed_values: a.allowed.clone(),
+            .arguments()
+            .into_iter()
+            .map(|(name, schema)| ArgumentSpec {
+                name: name.to_owned(),
+                r#type: argument_type(schema).to_owned(),
+                required: s.is_required(name),
+                description: schema["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                allowed_values: schema["enum"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
             })
             .collect(),
         max_retries: s.max_retries,
         time_limit: Some(duration(s.time_limit)),
+        arguments_schema: s.args_schema.to_string(),
+        result_schema: s.result_schema.to_string(),
+        positional: s.positional.clone(),
     }
+}
+
+/// The one-word type of an argument's schema: its JSON type (nullable or not), `path` for a data path, `any`
+/// when the schema does not restrict it.
+fn argument_type(schema: &serde_json::Value) -> &str {
+    if schema["format"] == "relative-path" {
+        return "path";
+    }
+    redline_catalog::spec::json_types(schema)
+        .and_then(|types| types.into_iter().find(|t| *t != "null"))
+        .unwrap_or("any")
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchTaskResponse, Status>> + Send>>;

@@ -21,8 +21,8 @@ pub mod watch;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use redline_catalog::{Catalog, TaskSpec};
 use redline_proto::tasks::task_service_server::TaskServiceServer;
-use redline_taskqueue::catalog::{Catalog, TaskSpec};
 use redline_taskqueue::connect::{self, RedisOptions};
 use redline_taskqueue::{QueueConfig, TaskStore};
 use tokio::net::TcpListener;
@@ -31,11 +31,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 pub use config::Config;
-
-/// The task types TaskService accepts without any worker having published them.
-pub fn builtin_catalog() -> Catalog {
-    Catalog::new(redline_taskqueue::catalog::builtin())
-}
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +85,8 @@ pub async fn run(
         },
     );
     let hub = watch::WatchHub::new(subscriber, store.keys().event_channel_prefix());
-    let catalog = Arc::new(RwLock::new(builtin_catalog()));
+    // The types this build declares; types workers publish are added as they appear.
+    let catalog = Arc::new(RwLock::new(redline_catalog::builtin()));
     let background = shutdown.child_token();
     tokio::spawn(refresh_catalog(
         store.clone(),

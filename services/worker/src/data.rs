@@ -7,68 +7,98 @@
 //! library between batches. Library errors keep their classification: I/O hiccups and upstream 5xx are
 //! retried, bad input and malformed data fail at once.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use redline_catalog::TaskType;
+use redline_catalog::data::{Analysis, Bulk, Conversion, Download, Upload};
+use redline_convert::DataError;
 use redline_convert::tasks::{self, DataContext, Progress};
-use redline_taskqueue::catalog::{TaskSpec, data_tasks};
-use serde_json::{Map, Value};
 
 use crate::registry::{Registry, TaskContext, TaskError, TaskHandler};
 
-/// Which library function a task type calls.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Conversion,
-    Analysis,
-    Upload,
-    Download,
-    Bulk,
+/// A data task type: which library function runs it.
+trait DataTask: TaskType<Args: Sync> {
+    fn call(
+        ctx: &DataContext,
+        args: &Self::Args,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self::Output, DataError>;
 }
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Conversion => "process_data_conversion",
-            Self::Analysis => "process_data_analysis",
-            Self::Upload => "process_file_upload",
-            Self::Download => "process_data_download",
-            Self::Bulk => "process_bulk_operations",
-        }
+impl DataTask for Conversion {
+    fn call(
+        ctx: &DataContext,
+        args: &Self::Args,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self::Output, DataError> {
+        tasks::process_data_conversion(ctx, args, progress, cancelled)
     }
 }
 
-/// One data task type.
-struct DataTask {
-    kind: Kind,
+impl DataTask for Analysis {
+    fn call(
+        ctx: &DataContext,
+        args: &Self::Args,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self::Output, DataError> {
+        tasks::process_data_analysis(ctx, args, progress, cancelled)
+    }
+}
+
+impl DataTask for Upload {
+    fn call(
+        ctx: &DataContext,
+        args: &Self::Args,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self::Output, DataError> {
+        tasks::process_file_upload(ctx, args, progress, cancelled)
+    }
+}
+
+impl DataTask for Download {
+    fn call(
+        ctx: &DataContext,
+        args: &Self::Args,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self::Output, DataError> {
+        tasks::process_data_download(ctx, args, progress, cancelled)
+    }
+}
+
+impl DataTask for Bulk {
+    fn call(
+        ctx: &DataContext,
+        args: &Self::Args,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self::Output, DataError> {
+        tasks::process_bulk_operations(ctx, args, progress, cancelled)
+    }
+}
+
+/// The handler of data task type `T`, over one data root.
+struct DataHandler<T> {
     data: Arc<DataContext>,
+    task: PhantomData<fn() -> T>,
 }
 
-fn text<'a>(kwargs: &'a Map<String, Value>, key: &str) -> &'a str {
-    kwargs.get(key).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn options(kwargs: &Map<String, Value>) -> Value {
-    kwargs.get("options").cloned().unwrap_or(Value::Null)
-}
-
-impl TaskHandler for DataTask {
-    fn spec(&self) -> TaskSpec {
-        let name = self.kind.name();
-        data_tasks()
-            .into_iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| TaskSpec::new(name, "", Vec::new()))
-    }
+impl<T: DataTask> TaskHandler for DataHandler<T> {
+    type Task = T;
 
     fn run(
         &self,
         ctx: TaskContext,
-        kwargs: Map<String, Value>,
-    ) -> BoxFuture<'static, Result<Value, TaskError>> {
-        let kind = self.kind;
+        args: T::Args,
+    ) -> BoxFuture<'static, Result<T::Output, TaskError>> {
         let data = Arc::clone(&self.data);
         async move {
             let cancel = ctx.cancellation().clone();
@@ -87,52 +117,7 @@ impl TaskHandler for DataTask {
                         reporter.progress_blocking(&p.step, p.progress, p.details);
                     }
                 };
-                let cancelled = || cancel.is_cancelled();
-                let k = &kwargs;
-                match kind {
-                    Kind::Conversion => tasks::process_data_conversion(
-                        &data,
-                        text(k, "input_file"),
-                        text(k, "output_format"),
-                        text(k, "output_file"),
-                        &options(k),
-                        &mut progress,
-                        &cancelled,
-                    ),
-                    Kind::Analysis => tasks::process_data_analysis(
-                        &data,
-                        text(k, "data_file"),
-                        text(k, "analysis_type"),
-                        &options(k),
-                        &mut progress,
-                        &cancelled,
-                    ),
-                    Kind::Upload => tasks::process_file_upload(
-                        &data,
-                        text(k, "file_path"),
-                        k.get("target_format").and_then(Value::as_str),
-                        &options(k),
-                        &mut progress,
-                        &cancelled,
-                    ),
-                    Kind::Download => tasks::process_data_download(
-                        &data,
-                        text(k, "ticker"),
-                        text(k, "start_date"),
-                        text(k, "end_date"),
-                        k.get("source").and_then(Value::as_str).unwrap_or("stooq"),
-                        &options(k),
-                        &mut progress,
-                        &cancelled,
-                    ),
-                    Kind::Bulk => tasks::process_bulk_operations(
-                        &data,
-                        k.get("operations").unwrap_or(&Value::Null),
-                        &options(k),
-                        &mut progress,
-                        &cancelled,
-                    ),
-                }
+                T::call(&data, &args, &mut progress, &|| cancel.is_cancelled())
             })
             .await;
             match outcome {
@@ -147,19 +132,20 @@ impl TaskHandler for DataTask {
     }
 }
 
+fn handler<T>(data: &Arc<DataContext>) -> DataHandler<T> {
+    DataHandler {
+        data: Arc::clone(data),
+        task: PhantomData,
+    }
+}
+
 /// Registers the data task types, resolving paths inside `data`'s root.
 pub fn register(registry: &mut Registry, data: DataContext) {
     let data = Arc::new(data);
-    for kind in [
-        Kind::Conversion,
-        Kind::Analysis,
-        Kind::Upload,
-        Kind::Download,
-        Kind::Bulk,
-    ] {
-        registry.register(DataTask {
-            kind,
-            data: Arc::clone(&data),
-        });
-    }
+    registry
+        .register(handler::<Conversion>(&data))
+        .register(handler::<Analysis>(&data))
+        .register(handler::<Upload>(&data))
+        .register(handler::<Download>(&data))
+        .register(handler::<Bulk>(&data));
 }

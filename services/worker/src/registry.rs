@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
+use redline_catalog::{Catalog, TaskSpec, TaskType};
 use redline_taskqueue::TaskStore;
-use redline_taskqueue::catalog::{Catalog, TaskSpec};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -24,17 +25,55 @@ pub enum TaskError {
     Cancelled,
 }
 
-/// A task type: its declaration and the code that runs it.
+/// The code that runs one task type of the catalogue (`redline_catalog::TaskType`), with its typed
+/// arguments and result. The registry deserializes the stored arguments into `Args` (TaskService already
+/// validated them against the same type) and serializes the result.
 pub trait TaskHandler: Send + Sync + 'static {
-    /// Name, aliases, arguments, retry budget and time limit.
-    fn spec(&self) -> TaskSpec;
+    /// The declaration this handler runs.
+    type Task: TaskType;
 
-    /// Runs one attempt with validated keyword arguments (positional arguments already bound by name).
+    /// Runs one attempt.
+    fn run(
+        &self,
+        ctx: TaskContext,
+        args: <Self::Task as TaskType>::Args,
+    ) -> BoxFuture<'static, Result<<Self::Task as TaskType>::Output, TaskError>>;
+}
+
+/// A handler with its types erased: JSON in, JSON out.
+trait Erased: Send + Sync {
     fn run(
         &self,
         ctx: TaskContext,
         kwargs: Map<String, Value>,
     ) -> BoxFuture<'static, Result<Value, TaskError>>;
+}
+
+impl<H: TaskHandler> Erased for H {
+    fn run(
+        &self,
+        ctx: TaskContext,
+        kwargs: Map<String, Value>,
+    ) -> BoxFuture<'static, Result<Value, TaskError>> {
+        // A record TaskService accepted deserializes; one written by another version might not, and retrying
+        // cannot fix it.
+        let args = match serde_json::from_value(Value::Object(kwargs)) {
+            Ok(args) => args,
+            Err(e) => {
+                return futures::future::ready(Err(TaskError::Fatal(format!(
+                    "invalid arguments: {e}"
+                ))))
+                .boxed();
+            }
+        };
+        let attempt = TaskHandler::run(self, ctx, args);
+        async move {
+            let output = attempt.await?;
+            serde_json::to_value(output)
+                .map_err(|e| TaskError::Fatal(format!("result not serializable: {e}")))
+        }
+        .boxed()
+    }
 }
 
 /// What a running handler can see and do.
@@ -99,10 +138,25 @@ impl TaskContext {
     }
 }
 
+/// A handler ready to run: the stored keyword arguments in, the result as JSON out.
+#[derive(Clone)]
+pub struct Runner(Arc<dyn Erased>);
+
+impl Runner {
+    /// Runs one attempt with bound keyword arguments.
+    pub fn run(
+        &self,
+        ctx: TaskContext,
+        kwargs: Map<String, Value>,
+    ) -> BoxFuture<'static, Result<Value, TaskError>> {
+        self.0.run(ctx, kwargs)
+    }
+}
+
 /// The task types a worker runs, by name and alias.
 #[derive(Clone, Default)]
 pub struct Registry {
-    handlers: Vec<(TaskSpec, Arc<dyn TaskHandler>)>,
+    handlers: Vec<(TaskSpec, Runner)>,
     by_name: HashMap<String, usize>,
 }
 
@@ -120,24 +174,24 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a handler under its name and aliases.
-    pub fn register(&mut self, handler: impl TaskHandler) -> &mut Self {
-        let spec = handler.spec();
+    /// Adds a handler under its type's name and aliases.
+    pub fn register<H: TaskHandler>(&mut self, handler: H) -> &mut Self {
+        let spec = TaskSpec::of::<H::Task>();
         let index = self.handlers.len();
         self.by_name.insert(spec.name.clone(), index);
         for alias in &spec.aliases {
             self.by_name.insert(alias.clone(), index);
         }
-        self.handlers.push((spec, Arc::new(handler)));
+        self.handlers.push((spec, Runner(Arc::new(handler))));
         self
     }
 
-    /// The handler for `name` (canonical or alias).
-    pub fn get(&self, name: &str) -> Option<(&TaskSpec, Arc<dyn TaskHandler>)> {
+    /// The declaration and handler for `name` (canonical or alias).
+    pub fn get(&self, name: &str) -> Option<(&TaskSpec, Runner)> {
         self.by_name
             .get(name)
             .and_then(|i| self.handlers.get(*i))
-            .map(|(s, h)| (s, Arc::clone(h)))
+            .map(|(s, h)| (s, h.clone()))
     }
 
     /// The declarations, for publication and validation.

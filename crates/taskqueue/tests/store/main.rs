@@ -723,7 +723,7 @@ async fn default_budget_and_limit_are_not_stored_but_enforced() {
     let f = fixture().await;
     register(&f.store, "w").await;
     let t = NewTask::new("redline.fail", DEFAULT_QUEUE);
-    assert_eq!(t.max_retries, catalog::DEFAULT_MAX_RETRIES);
+    assert_eq!(t.max_retries, redline_catalog::DEFAULT_MAX_RETRIES);
     submit_one(&f.store, t.clone()).await;
     let key = format!("{{redline}}:t:{}", t.id);
     assert_eq!(f.redis.cli(&["HEXISTS", &key, "max_retries"]), "0");
@@ -731,13 +731,19 @@ async fn default_budget_and_limit_are_not_stored_but_enforced() {
     let rec = f.store.get(&t.id).await.unwrap().unwrap();
     assert_eq!(
         (rec.max_retries, rec.time_limit),
-        (catalog::DEFAULT_MAX_RETRIES, catalog::DEFAULT_TIME_LIMIT)
+        (
+            redline_catalog::DEFAULT_MAX_RETRIES,
+            redline_catalog::DEFAULT_TIME_LIMIT
+        )
     );
-    let budget = catalog::DEFAULT_MAX_RETRIES + 1;
+    let budget = redline_catalog::DEFAULT_MAX_RETRIES + 1;
     fail_every_attempt(&f.store, &t.id, budget, |_, c| {
         assert_eq!(
             (c.max_retries, c.time_limit),
-            (catalog::DEFAULT_MAX_RETRIES, catalog::DEFAULT_TIME_LIMIT)
+            (
+                redline_catalog::DEFAULT_MAX_RETRIES,
+                redline_catalog::DEFAULT_TIME_LIMIT
+            )
         );
     })
     .await;

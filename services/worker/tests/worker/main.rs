@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use redline_catalog::TaskType;
 use redline_taskqueue::backoff::Backoff;
-use redline_taskqueue::catalog::TaskSpec;
 use redline_taskqueue::connect::{self, RedisOptions};
 use redline_taskqueue::*;
 use redline_testkit::RedisServer;
@@ -16,22 +16,27 @@ use redline_worker::{TaskContext, TaskError, TaskHandler, default_registry};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-/// A handler that never looks at its cancellation token.
+/// A task type whose handler never looks at its cancellation token.
 struct Stubborn;
 
+impl TaskType for Stubborn {
+    const NAME: &'static str = "test.stubborn";
+    const DESCRIPTION: &'static str = "ignores cancellation";
+    type Args = Map<String, Value>;
+    type Output = ();
+}
+
 impl TaskHandler for Stubborn {
-    fn spec(&self) -> TaskSpec {
-        TaskSpec::new("test.stubborn", "ignores cancellation", vec![])
-    }
+    type Task = Self;
 
     fn run(
         &self,
         _: TaskContext,
         _: Map<String, Value>,
-    ) -> BoxFuture<'static, Result<Value, TaskError>> {
+    ) -> BoxFuture<'static, Result<(), TaskError>> {
         async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok(Value::Null)
+            Ok(())
         }
         .boxed()
     }
