@@ -30,59 +30,30 @@ trait DataTask: TaskType<Args: Sync> {
     ) -> Result<Self::Output, DataError>;
 }
 
-impl DataTask for Conversion {
-    fn call(
-        ctx: &DataContext,
-        args: &Self::Args,
-        progress: &mut dyn FnMut(Progress),
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Self::Output, DataError> {
-        tasks::process_data_conversion(ctx, args, progress, cancelled)
-    }
+/// Each data task type runs its library function.
+macro_rules! data_tasks {
+    ($($task:ty => $function:path),+ $(,)?) => {
+        $(
+            impl DataTask for $task {
+                fn call(
+                    ctx: &DataContext,
+                    args: &Self::Args,
+                    progress: &mut dyn FnMut(Progress),
+                    cancelled: &dyn Fn() -> bool,
+                ) -> Result<Self::Output, DataError> {
+                    $function(ctx, args, progress, cancelled)
+                }
+            }
+        )+
+    };
 }
 
-impl DataTask for Analysis {
-    fn call(
-        ctx: &DataContext,
-        args: &Self::Args,
-        progress: &mut dyn FnMut(Progress),
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Self::Output, DataError> {
-        tasks::process_data_analysis(ctx, args, progress, cancelled)
-    }
-}
-
-impl DataTask for Upload {
-    fn call(
-        ctx: &DataContext,
-        args: &Self::Args,
-        progress: &mut dyn FnMut(Progress),
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Self::Output, DataError> {
-        tasks::process_file_upload(ctx, args, progress, cancelled)
-    }
-}
-
-impl DataTask for Download {
-    fn call(
-        ctx: &DataContext,
-        args: &Self::Args,
-        progress: &mut dyn FnMut(Progress),
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Self::Output, DataError> {
-        tasks::process_data_download(ctx, args, progress, cancelled)
-    }
-}
-
-impl DataTask for Bulk {
-    fn call(
-        ctx: &DataContext,
-        args: &Self::Args,
-        progress: &mut dyn FnMut(Progress),
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Self::Output, DataError> {
-        tasks::process_bulk_operations(ctx, args, progress, cancelled)
-    }
+data_tasks! {
+    Conversion => tasks::process_data_conversion,
+    Analysis => tasks::process_data_analysis,
+    Upload => tasks::process_file_upload,
+    Download => tasks::process_data_download,
+    Bulk => tasks::process_bulk_operations,
 }
 
 /// The handler of data task type `T`, over one data root.
