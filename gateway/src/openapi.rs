@@ -2,45 +2,140 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::routes::ROUTES;
+use redline_catalog::TaskSpec;
 
-fn request_schema(path: &str) -> Option<Value> {
-    let string = json!({"type": "string"});
-    let options = json!({"type": "object"});
-    let priority = json!({"type": "integer", "minimum": 0, "maximum": 9, "default": 5});
-    let (required, props): (Vec<&str>, Value) = match path {
-        "/tasks/submit" => (
-            vec!["task_name"],
-            json!({"task_name": string, "args": {"type": "array"}, "kwargs": options,
-                   "queue": string, "priority": priority}),
-        ),
-        "/tasks/convert" => (
-            vec!["input_file", "output_format", "output_file"],
-            json!({"input_file": string, "output_format": string, "output_file": string,
-                   "options": options, "priority": priority}),
-        ),
-        "/tasks/download" => (
-            vec!["ticker", "start_date", "end_date"],
-            json!({"ticker": string, "start_date": string, "end_date": string,
-                   "source": {"type": "string", "default": "stooq"}, "options": options, "priority": priority}),
-        ),
-        "/tasks/analyze" => (
-            vec!["data_file", "analysis_type"],
-            json!({"data_file": string, "analysis_type": string, "options": options, "priority": priority}),
-        ),
-        "/tasks/upload" => (
-            vec!["file_path"],
-            json!({"file_path": string, "target_format": string, "options": options, "priority": priority}),
-        ),
-        "/tasks/bulk" => (
-            vec!["operations"],
-            json!({"operations": {"type": "array", "minItems": 1, "items": {"type": "object",
-                   "properties": {"type": string, "data": options}}}, "options": options, "priority": priority}),
-        ),
-        "/tasks/cleanup" => (vec![], json!({"days": {"type": "integer", "default": 7}})),
-        _ => return None,
+use crate::routes::{ROUTES, Route, catalog};
+
+/// What `priority` accepts on every submitting route.
+fn priority() -> Value {
+    json!({"type": ["integer", "null"], "minimum": 0, "maximum": 9, "default": 5})
+}
+
+/// The body of a route, as its handler reads it.
+fn request_schema(r: &Route) -> Option<Value> {
+    if let Some(spec) = r.task_spec() {
+        return Some(task_route_schema(r, spec));
+    }
+    match r.path {
+        "/tasks/submit" => Some(json!({"$ref": "#/components/schemas/Submit"})),
+        "/tasks/cleanup" => Some(json!({"type": "object",
+            "properties": {"days": {"type": ["integer", "null"], "minimum": 0, "maximum": 36_500, "default": 7}}})),
+        _ => None,
+    }
+}
+
+/// A per-task route's body: the task's declared arguments (and the names the original gave some of them) with
+/// their schemas from the catalogue, and `priority`. Other fields are ignored, as the original ignored them.
+fn task_route_schema(r: &Route, spec: &TaskSpec) -> Value {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    let mut exclusive = Vec::new();
+    for (name, schema) in spec.arguments() {
+        props.insert(name.to_owned(), schema.clone());
+        if spec.is_required(name) {
+            required.push(name);
+        }
+        for (old, new) in r.submits.map(|t| t.renamed).unwrap_or_default() {
+            if *new == name {
+                props.insert((*old).to_owned(), schema.clone());
+                exclusive.push(json!({"not": {"required": [name, old]}}));
+            }
+        }
+    }
+    props.insert("priority".to_owned(), priority());
+    let mut schema = json!({"type": "object", "required": required, "properties": props});
+    if !exclusive.is_empty() {
+        schema["allOf"] = Value::Array(exclusive);
+    }
+    schema
+}
+
+/// `POST /tasks/submit`: one schema per task type, chosen by `task_name` (its name or an alias), each allowing
+/// the task's arguments positionally (a prefix of its declared order, in `args`) and by keyword (the rest, in
+/// `kwargs`), exactly as TaskService binds them.
+fn submit_schemas(into: &mut Map<String, Value>) {
+    let mut refs = Vec::new();
+    let mut mapping = Map::new();
+    for spec in catalog().specs() {
+        let component = format!("Submit.{}", spec.name);
+        let reference = format!("#/components/schemas/{component}");
+        refs.push(json!({"$ref": reference}));
+        let mut names = vec![spec.name.clone()];
+        names.extend(spec.aliases.iter().cloned());
+        for n in &names {
+            mapping.insert(n.clone(), json!(reference));
+        }
+        let variants: Vec<Value> = (0..=spec.positional.len())
+            .map(|k| submit_variant(spec, &names, k))
+            .collect();
+        into.insert(
+            component,
+            json!({"description": spec.description, "anyOf": variants}),
+        );
+    }
+    into.insert(
+        "Submit".to_owned(),
+        json!({
+            "type": "object",
+            "required": ["task_name"],
+            "properties": {
+                "task_name": {"type": "string"},
+                "args": {"type": ["array", "null"]},
+                "kwargs": {"type": ["object", "null"]},
+                "queue": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]{0,64}$",
+                    "description": "Queue; empty or absent for redline_tasks."},
+                "priority": priority(),
+            },
+            "oneOf": refs,
+            "discriminator": {"propertyName": "task_name", "mapping": mapping},
+        }),
+    );
+}
+
+/// The submission of `spec` with its first `k` declared arguments given positionally.
+fn submit_variant(spec: &TaskSpec, names: &[String], k: usize) -> Value {
+    let positional = &spec.positional[..k];
+    let mut kwargs = spec.args_schema.clone();
+    if let Some(props) = kwargs.get_mut("properties").and_then(Value::as_object_mut) {
+        for p in positional {
+            props.remove(p);
+        }
+    }
+    let rest: Vec<Value> = spec.args_schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| !positional.iter().any(|p| *n == p))
+        .cloned()
+        .collect();
+    kwargs["required"] = Value::Array(rest.clone());
+    // Absent or null kwargs are `{}`: allowed when nothing is left to require.
+    kwargs["type"] = if rest.is_empty() {
+        json!(["object", "null"])
+    } else {
+        json!("object")
     };
-    Some(json!({"type": "object", "required": required, "properties": props}))
+    let args = if k == 0 {
+        json!({"type": ["array", "null"], "maxItems": 0})
+    } else {
+        let items: Vec<Value> = positional
+            .iter()
+            .map(|p| spec.args_schema["properties"][p.as_str()].clone())
+            .collect();
+        json!({"type": "array", "prefixItems": items, "minItems": k, "maxItems": k})
+    };
+    let mut required = vec![json!("task_name")];
+    if k > 0 {
+        required.push(json!("args"));
+    }
+    if !rest.is_empty() {
+        required.push(json!("kwargs"));
+    }
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": {"task_name": {"enum": names}, "args": args, "kwargs": kwargs},
+    })
 }
 
 /// The success body of each route, by the schema's name in `components`.
@@ -56,7 +151,7 @@ fn response_schema(method: &str, path: &str) -> &'static str {
     }
 }
 
-/// The success bodies, as the handlers in [`crate::routes`] write them.
+/// The success bodies, as the handlers in [`crate::routes`] write them, and the submission bodies.
 fn schemas() -> Value {
     let string = json!({"type": "string"});
     let timestamp = json!({"type": "string", "format": "date-time"});
@@ -108,6 +203,32 @@ fn error_response(text: &str) -> Value {
     json!({"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
+/// What `GET /tasks/list?status=` is documented to take: a Celery status or a state name, as TaskService's
+/// filter reads them (it ignores case).
+const LIST_STATUSES: [&str; 21] = [
+    "",
+    "PENDING",
+    "STARTED",
+    "PROGRESS",
+    "RETRY",
+    "SUCCESS",
+    "FAILURE",
+    "REVOKED",
+    "QUEUED",
+    "SCHEDULED",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "CANCELED",
+    "queued",
+    "scheduled",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+];
+
 /// The document served at `/openapi.json`.
 pub fn document() -> Value {
     let mut paths = Map::new();
@@ -140,15 +261,16 @@ pub fn document() -> Value {
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}});
         }
         if r.path.contains("{task_id}") {
-            op["parameters"] = json!([{"name": "task_id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+            op["parameters"] = json!([{"name": "task_id", "in": "path", "required": true,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}}]);
         }
         if r.path == "/tasks/list" {
             op["parameters"] = json!([
-                {"name": "status", "in": "query", "schema": {"type": "string"}},
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": LIST_STATUSES}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100, "minimum": 1, "maximum": 1000}},
             ]);
         }
-        if let Some(schema) = request_schema(r.path) {
+        if let Some(schema) = request_schema(r) {
             op["requestBody"] = json!({"required": r.path != "/tasks/cleanup",
                 "content": {"application/json": {"schema": schema}}});
         }
@@ -165,11 +287,57 @@ pub fn document() -> Value {
             json!({"summary": summary, "responses": {"200": {"description": "Success"}}}),
         );
     }
+    let mut components = schemas();
+    if let Value::Object(o) = &mut components {
+        submit_schemas(o);
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "redline REST gateway", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
-        "components": {"schemas": schemas(),
+        "components": {"schemas": components,
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Request schemas come from the catalogue: a per-task route requires what its task requires, and
+    /// `/tasks/submit` has one schema per task type, reachable by every name it answers to.
+    #[test]
+    fn request_schemas_are_the_catalogues() {
+        let doc = document();
+        let convert = &doc["paths"]["/tasks/convert"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(
+            convert["required"],
+            json!(["input_file", "output_format", "output_file"])
+        );
+        assert_eq!(
+            convert["properties"]["input_file"]["pattern"],
+            json!(redline_catalog::values::relative_path_pattern())
+        );
+        let analyze = &doc["paths"]["/tasks/analyze"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(
+            analyze["properties"]["parameters"],
+            analyze["properties"]["options"]
+        );
+        let schemas = &doc["components"]["schemas"];
+        let mapping = &schemas["Submit"]["discriminator"]["mapping"];
+        for spec in catalog().specs() {
+            let component = &schemas[format!("Submit.{}", spec.name)];
+            assert_eq!(
+                component["anyOf"].as_array().map(Vec::len),
+                Some(spec.positional.len() + 1),
+                "{}",
+                spec.name
+            );
+            for alias in &spec.aliases {
+                assert_eq!(mapping[alias], mapping[&spec.name], "{alias}");
+            }
+        }
+    }
 }

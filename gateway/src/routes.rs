@@ -1,6 +1,7 @@
 //! The REST surface: the original REDLINE /tasks routes, translated into TaskService calls.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Json;
@@ -11,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use futures::StreamExt;
+use redline_catalog::{Catalog, TaskSpec};
 use redline_proto::tasks as pb;
 use serde_json::{Map, Value, json};
 use tonic_health::pb::HealthCheckRequest;
@@ -34,6 +36,21 @@ pub struct Route {
     pub rpc: Option<&'static str>,
     /// One line for the OpenAPI document.
     pub summary: &'static str,
+    /// The task type it submits, for the original's per-task routes.
+    pub submits: Option<TaskRoute>,
+}
+
+/// A route of the original that submits one task type: its body's fields are the task's keyword arguments,
+/// declared in the catalogue, which also gives their required fields and the route's request schema.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskRoute {
+    /// Catalogue name of the task type.
+    pub task: &'static str,
+    /// The success message, as the original wrote it.
+    pub message: fn(&Map<String, Value>) -> String,
+    /// Body fields the original accepted under another name: `(old name, argument)`. The old name is used only
+    /// when the argument is absent; giving both is refused.
+    pub renamed: &'static [(&'static str, &'static str)],
 }
 
 impl Route {
@@ -41,6 +58,17 @@ impl Route {
     pub fn key(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
+
+    /// The declaration of the task type this route submits.
+    pub fn task_spec(&self) -> Option<&'static TaskSpec> {
+        self.submits.and_then(|t| catalog().resolve(t.task))
+    }
+}
+
+/// The task types this build declares, which the per-task routes and the OpenAPI document are derived from.
+pub fn catalog() -> &'static Catalog {
+    static CATALOG: OnceLock<Catalog> = OnceLock::new();
+    CATALOG.get_or_init(redline_catalog::builtin)
 }
 
 const fn route(
@@ -54,6 +82,27 @@ const fn route(
         path,
         rpc,
         summary,
+        submits: None,
+    }
+}
+
+const fn submits(
+    path: &'static str,
+    summary: &'static str,
+    task: &'static str,
+    message: fn(&Map<String, Value>) -> String,
+    renamed: &'static [(&'static str, &'static str)],
+) -> Route {
+    Route {
+        method: "POST",
+        path,
+        rpc: None,
+        summary,
+        submits: Some(TaskRoute {
+            task,
+            message,
+            renamed,
+        }),
     }
 }
 
@@ -65,26 +114,46 @@ pub const ROUTES: &[Route] = &[
         Some("SubmitTask"),
         "Submit a task by name",
     ),
-    route(
-        "POST",
+    submits(
         "/tasks/convert",
-        None,
         "Submit a data conversion task",
+        "process_data_conversion",
+        |_| "Data conversion task submitted successfully".to_owned(),
+        &[],
     ),
-    route(
-        "POST",
+    submits(
         "/tasks/download",
-        None,
         "Submit a data download task",
+        "process_data_download",
+        |_| "Data download task submitted successfully".to_owned(),
+        &[],
     ),
-    route(
-        "POST",
+    // The original forwarded `parameters`, which its task did not accept; `options` is the task's argument,
+    // and `parameters` is still honoured as its old name.
+    submits(
         "/tasks/analyze",
-        None,
         "Submit a data analysis task",
+        "process_data_analysis",
+        |_| "Data analysis task submitted successfully".to_owned(),
+        &[("parameters", "options")],
     ),
-    route("POST", "/tasks/upload", None, "Submit a file upload task"),
-    route("POST", "/tasks/bulk", None, "Submit a bulk operations task"),
+    submits(
+        "/tasks/upload",
+        "Submit a file upload task",
+        "process_file_upload",
+        |_| "File upload task submitted successfully".to_owned(),
+        &[],
+    ),
+    submits(
+        "/tasks/bulk",
+        "Submit a bulk operations task",
+        "process_bulk_operations",
+        |body| {
+            let n = body["operations"].as_array().map_or(0, Vec::len);
+            format!("Bulk operations task submitted successfully ({n} operations)")
+        },
+        &[],
+    ),
     route(
         "GET",
         "/tasks/status/{task_id}",
@@ -125,14 +194,16 @@ pub const ROUTES: &[Route] = &[
 ];
 
 /// The handler of a route in [`ROUTES`].
-pub fn handler(r: &Route) -> Option<MethodRouter<AppState>> {
+pub fn handler(r: &'static Route) -> Option<MethodRouter<AppState>> {
+    if let Some(task) = r.submits {
+        return Some(post(
+            move |State(state): State<AppState>, headers: HeaderMap, body: Body| {
+                submit_route(state, headers, body, task)
+            },
+        ));
+    }
     Some(match (r.method, r.path) {
         ("POST", "/tasks/submit") => post(submit),
-        ("POST", "/tasks/convert") => post(convert),
-        ("POST", "/tasks/download") => post(download),
-        ("POST", "/tasks/analyze") => post(analyze),
-        ("POST", "/tasks/upload") => post(upload),
-        ("POST", "/tasks/bulk") => post(bulk),
         ("GET", "/tasks/status/{task_id}") => get(status),
         ("GET", "/tasks/result/{task_id}") => get(result),
         ("POST", "/tasks/cancel/{task_id}") => post(cancel),
@@ -256,20 +327,20 @@ fn present(v: Option<&Value>) -> bool {
     }
 }
 
-fn require(body: &Map<String, Value>, fields: &[&str]) -> Result<(), ApiError> {
-    for f in fields {
-        if !present(body.get(*f)) {
-            return Err(ApiError::bad_request(format!("{f} is required")));
-        }
-    }
-    Ok(())
+/// A whole number, also from a JSON double with no fractional part (`5.0`), which JSON Schema counts as an
+/// integer (and clients generated from the schema may send).
+pub fn whole(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.007_199_254_740_992e15)
+            .map(|f| f as u64)
+    })
 }
 
 fn priority(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
     match body.get("priority") {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
+        Some(v) => whole(v)
             .filter(|p| *p <= 9)
             .and_then(|p| u32::try_from(p).ok())
             .map(Some)
@@ -277,12 +348,54 @@ fn priority(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
     }
 }
 
-fn options(body: &Map<String, Value>, name: &str) -> Result<Value, ApiError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(json!({})),
-        Some(v @ Value::Object(_)) => Ok(v.clone()),
-        Some(_) => Err(ApiError::bad_request(format!("{name} must be an object"))),
+/// Whether a required argument's schema asks for a non-empty list.
+pub fn is_list(schema: &Value) -> bool {
+    redline_catalog::spec::json_types(schema).is_some_and(|t| t.contains(&"array"))
+}
+
+/// The keyword arguments of a per-task route: the body's fields the task declares (under their old names when
+/// the route renamed them), after the original's checks of the required ones, in declared order, with its
+/// messages (`<field> is required`, `<field> must be a non-empty list`).
+fn route_kwargs(
+    route: &TaskRoute,
+    spec: &TaskSpec,
+    body: &Map<String, Value>,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut kwargs = Map::new();
+    for (name, schema) in spec.arguments() {
+        let mut value = body.get(name);
+        for (old, new) in route.renamed {
+            if *new == name && body.contains_key(*old) {
+                if value.is_some() {
+                    return Err(ApiError::bad_request(format!(
+                        "give {name} or its old name {old}, not both"
+                    )));
+                }
+                value = body.get(*old);
+            }
+        }
+        if spec.is_required(name) {
+            if is_list(schema) {
+                match value {
+                    None | Some(Value::Null) => {
+                        return Err(ApiError::bad_request(format!("{name} is required")));
+                    }
+                    Some(Value::Array(a)) if !a.is_empty() => {}
+                    Some(_) => {
+                        return Err(ApiError::bad_request(format!(
+                            "{name} must be a non-empty list"
+                        )));
+                    }
+                }
+            } else if !present(value) {
+                return Err(ApiError::bad_request(format!("{name} is required")));
+            }
+        }
+        if let Some(v) = value {
+            kwargs.insert(name.to_owned(), v.clone());
+        }
     }
+    Ok(kwargs)
 }
 
 // === TaskService calls ===
@@ -327,14 +440,6 @@ async fn submit_task(
     )
 }
 
-fn kwargs_of(pairs: Vec<(&str, Value)>) -> Map<String, Value> {
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
-}
-
-fn field(body: &Map<String, Value>, name: &str) -> Value {
-    body.get(name).cloned().unwrap_or(Value::Null)
-}
-
 // === handlers ===
 
 async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
@@ -366,130 +471,28 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -
     submit_task(&state, &task_name, args, kwargs, queue, priority, message).await
 }
 
-async fn convert(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+/// A per-task route: the body's fields become the task's keyword arguments; TaskService validates them
+/// against the same declaration.
+async fn submit_route(
+    state: AppState,
+    headers: HeaderMap,
+    body: Body,
+    route: TaskRoute,
+) -> ApiResult {
     let body = json_object(&state, &headers, body).await?;
-    require(&body, &["input_file", "output_format", "output_file"])?;
-    let kwargs = kwargs_of(vec![
-        ("input_file", field(&body, "input_file")),
-        ("output_format", field(&body, "output_format")),
-        ("output_file", field(&body, "output_file")),
-        ("options", options(&body, "options")?),
-    ]);
+    let spec = catalog().resolve(route.task).ok_or_else(|| {
+        ApiError::unavailable(format!("task type {} is not declared", route.task))
+    })?;
+    let kwargs = route_kwargs(&route, spec, &body)?;
     let p = priority(&body)?;
     submit_task(
         &state,
-        "process_data_conversion",
+        route.task,
         Vec::new(),
         kwargs,
         String::new(),
         p,
-        "Data conversion task submitted successfully".to_owned(),
-    )
-    .await
-}
-
-async fn download(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
-    let body = json_object(&state, &headers, body).await?;
-    require(&body, &["ticker", "start_date", "end_date"])?;
-    // The original defaulted to Yahoo; the suite downloads from its Stooq-style endpoint, so an omitted source
-    // means that one (an explicit other source is passed through and refused by the worker if unconfigured).
-    let source = match body.get("source") {
-        None | Some(Value::Null) => json!("stooq"),
-        Some(v) => v.clone(),
-    };
-    let kwargs = kwargs_of(vec![
-        ("ticker", field(&body, "ticker")),
-        ("start_date", field(&body, "start_date")),
-        ("end_date", field(&body, "end_date")),
-        ("source", source),
-        ("options", options(&body, "options")?),
-    ]);
-    let p = priority(&body)?;
-    submit_task(
-        &state,
-        "process_data_download",
-        Vec::new(),
-        kwargs,
-        String::new(),
-        p,
-        "Data download task submitted successfully".to_owned(),
-    )
-    .await
-}
-
-async fn analyze(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
-    let body = json_object(&state, &headers, body).await?;
-    require(&body, &["data_file", "analysis_type"])?;
-    // The original forwarded `parameters`, which the task does not accept; `options` is the task's argument,
-    // and `parameters` is still honoured as its old name.
-    let opts = if body.contains_key("options") {
-        options(&body, "options")?
-    } else {
-        options(&body, "parameters")?
-    };
-    let kwargs = kwargs_of(vec![
-        ("data_file", field(&body, "data_file")),
-        ("analysis_type", field(&body, "analysis_type")),
-        ("options", opts),
-    ]);
-    let p = priority(&body)?;
-    submit_task(
-        &state,
-        "process_data_analysis",
-        Vec::new(),
-        kwargs,
-        String::new(),
-        p,
-        "Data analysis task submitted successfully".to_owned(),
-    )
-    .await
-}
-
-async fn upload(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
-    let body = json_object(&state, &headers, body).await?;
-    require(&body, &["file_path"])?;
-    let mut kwargs = kwargs_of(vec![
-        ("file_path", field(&body, "file_path")),
-        ("options", options(&body, "options")?),
-    ]);
-    // Optional: absent means "keep the format", which the task's schema expresses by omission, not null.
-    if let Some(t) = body.get("target_format").filter(|t| !t.is_null()) {
-        kwargs.insert("target_format".into(), t.clone());
-    }
-    let p = priority(&body)?;
-    submit_task(
-        &state,
-        "process_file_upload",
-        Vec::new(),
-        kwargs,
-        String::new(),
-        p,
-        "File upload task submitted successfully".to_owned(),
-    )
-    .await
-}
-
-async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
-    let body = json_object(&state, &headers, body).await?;
-    let operations = match body.get("operations") {
-        None | Some(Value::Null) => return Err(ApiError::bad_request("operations is required")),
-        Some(Value::Array(a)) if !a.is_empty() => a.clone(),
-        Some(_) => return Err(ApiError::bad_request("operations must be a non-empty list")),
-    };
-    let n = operations.len();
-    let kwargs = kwargs_of(vec![
-        ("operations", Value::Array(operations)),
-        ("options", options(&body, "options")?),
-    ]);
-    let p = priority(&body)?;
-    submit_task(
-        &state,
-        "process_bulk_operations",
-        Vec::new(),
-        kwargs,
-        String::new(),
-        p,
-        format!("Bulk operations task submitted successfully ({n} operations)"),
+        (route.message)(&body),
     )
     .await
 }
@@ -755,8 +758,7 @@ async fn cleanup(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     let body = json_object(&state, &headers, body).await?;
     let days = match body.get("days") {
         None | Some(Value::Null) => 7,
-        Some(v) => v
-            .as_u64()
+        Some(v) => whole(v)
             .and_then(|d| u32::try_from(d).ok())
             .ok_or_else(|| ApiError::bad_request("days must be a non-negative integer"))?,
     };

@@ -1,5 +1,6 @@
 //! The REST gateway end to end, through real TaskService, worker, RateLimitService and Redis.
 
+mod contract;
 mod fixture;
 
 use std::time::{Duration, Instant};
