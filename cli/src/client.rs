@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use redline_proto::json;
 use redline_proto::tasks::task_service_client::TaskServiceClient;
 use redline_proto::tasks::*;
-use redline_tasks::json::{json_to_list, json_to_struct, value_to_json};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tonic::transport::Channel;
 
 /// Where TaskService is.
@@ -85,73 +85,16 @@ fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// A timestamp as RFC 3339 UTC, or null.
 fn ts(t: &Option<prost_types::Timestamp>) -> Value {
-    t.as_ref().map_or(Value::Null, |t| {
-        let ms = t.seconds * 1000 + i64::from(t.nanos) / 1_000_000;
-        json!(iso8601(ms))
-    })
+    t.as_ref().map_or(Value::Null, |t| json!(t.to_string()))
 }
 
-/// Epoch milliseconds as ISO 8601 UTC (`2026-12-01T01:02:03.456Z`).
-pub fn iso8601(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// A task as the JSON the REST API shows.
+/// A task as the REST API shows it (the gateway's rendering), with what an operator also wants: the attempt
+/// and the worker holding it.
 pub fn task_json(t: &Task) -> Value {
-    let mut v = json!({
-        "task_id": t.task_id,
-        "task_name": t.task_name,
-        "status": t.status,
-        "state": TaskState::try_from(t.state).map(|s| s.as_str_name().trim_start_matches("TASK_STATE_").to_ascii_lowercase()).unwrap_or_default(),
-        "queue": t.queue,
-        "priority": t.priority,
-        "attempt": t.attempt,
-        "args": t.args.as_ref().map(|a| value_to_json(&prost_types::Value { kind: Some(prost_types::value::Kind::ListValue(a.clone())) })).unwrap_or(json!([])),
-        "kwargs": t.kwargs.as_ref().map(|k| value_to_json(&prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(k.clone())) })).unwrap_or(json!({})),
-        "submitted_at": ts(&t.submitted_at),
-        "started_at": ts(&t.started_at),
-        "completed_at": ts(&t.completed_at),
-    });
-    if let Some(p) = &t.progress {
-        let mut meta = p
-            .details
-            .as_ref()
-            .map(|d| {
-                value_to_json(&prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StructValue(d.clone())),
-                })
-            })
-            .unwrap_or(json!({}));
-        meta["step"] = json!(p.step);
-        meta["progress"] = json!(p.progress);
-        v["progress"] = meta;
-    }
-    if let Some(r) = &t.result {
-        v["result"] = value_to_json(r);
-    }
-    if !t.error.is_empty() {
-        v["error"] = json!(t.error);
-    }
+    let mut v = redline_gateway::routes::task_json(t);
+    v["attempt"] = json!(t.attempt);
     if !t.worker_id.is_empty() {
         v["worker_id"] = json!(t.worker_id);
     }
@@ -173,17 +116,14 @@ pub async fn submit(ep: &Endpoint, a: SubmitArgs) -> anyhow::Result<()> {
     let resp = client
         .submit_task(SubmitTaskRequest {
             task_name: a.name,
-            args: Some(json_to_list(&args)),
-            kwargs: Some(json_to_struct(&kwargs)),
+            args: Some(json::to_list(args.as_array().map_or(&[], Vec::as_slice))),
+            kwargs: Some(json::to_struct(kwargs.as_object().unwrap_or(&Map::new()))),
             queue: a.queue.unwrap_or_default(),
             priority: a.priority,
-            countdown: a.countdown.map(|s| {
-                let d = Duration::from_secs_f64(s.max(0.0));
-                prost_types::Duration {
-                    seconds: d.as_secs() as i64,
-                    nanos: d.subsec_nanos() as i32,
-                }
-            }),
+            countdown: a
+                .countdown
+                .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok())
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
             idempotency_key: a.idempotency_key.unwrap_or_default(),
             ..Default::default()
         })
@@ -402,17 +342,5 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
             anyhow::anyhow!("{:?}:\n{}", s.code(), lines.join("\n"))
         }
         _ => anyhow::anyhow!("{:?}: {}", s.code(), s.message()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::iso8601;
-
-    #[test]
-    fn iso8601_utc() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

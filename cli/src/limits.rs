@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use redline_proto::redline::ratelimit::v1 as pb;
 use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
+use redline_ratelimit::limits::format_wait;
 
 /// What to address: a domain and descriptor entries, or a plain key, with optional caller limits.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,27 +98,14 @@ fn address(t: TargetArgs) -> Addressed {
 }
 
 fn duration_text(d: Option<prost_types::Duration>) -> String {
-    let d = d.unwrap_or_default();
-    let ms = u64::try_from(d.seconds).unwrap_or(0) * 1000
-        + u64::try_from(d.nanos / 1_000_000).unwrap_or(0);
-    if ms == 0 { "0s".to_owned() } else { human(ms) }
-}
-
-/// A wait as people read it: `850ms`, `42s`, `59m59s`, `1d` (rounded up to the second past one second, so a
-/// reset "in 86399991 ms" shows as `1d`).
-fn human(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms}ms");
+    let ms = d
+        .and_then(|d| Duration::try_from(d).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if ms == 0 {
+        "0s".to_owned()
+    } else {
+        format_wait(ms)
     }
-    let mut secs = ms.div_ceil(1000);
-    let mut out = String::new();
-    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if secs >= size {
-            out.push_str(&format!("{}{unit}", secs / size));
-            secs %= size;
-        }
-    }
-    out
 }
 
 fn print_limits(limits: &[pb::LimitStatus]) {
@@ -233,17 +221,4 @@ pub async fn run(cmd: LimitsCommand, endpoint: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn waits_read_as_people_say_them() {
-        assert_eq!(super::human(850), "850ms");
-        assert_eq!(super::human(42_000), "42s");
-        assert_eq!(super::human(3_599_001), "1h");
-        assert_eq!(super::human(3_599_000), "59m59s");
-        assert_eq!(super::human(86_399_991), "1d");
-        assert_eq!(super::human(90_061_000), "1d1h1m1s");
-    }
 }

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment, validated together.
-//! - [`routes`]: the route table and handlers (JSON ↔ TaskService).
+//! - [`routes`]: the route table and handlers (JSON ↔ TaskService, through `redline_proto::json`).
 //! - [`http_rules`]: the protos' `google.api.http` rules, which the route table must match.
 //! - [`error`]: the gRPC-code → HTTP table and the JSON error body.
 //! - [`ratelimit`]: per-route, per-client limits checked with RateLimitService, and the failure mode;
@@ -16,7 +16,6 @@ pub mod config;
 pub mod decision_stream;
 pub mod error;
 pub mod http_rules;
-pub mod json;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;

@@ -2,10 +2,9 @@
 //! decision (over `CheckStream`, see [`crate::decision_stream`]), and the configured failure mode when the
 //! service cannot be reached.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -13,9 +12,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 use redline_proto::redline::ratelimit::v1 as pb;
-use redline_ratelimit::limits::LimitDef;
+use redline_ratelimit::limits::{Algorithm, LimitDef, Mode, flask_text};
+use redline_ratelimit::store::memory::MemoryStore;
+use redline_ratelimit::store::{Apply, BatchItem};
 use serde_json::json;
-use tokio::sync::Mutex;
 
 use crate::AppState;
 use crate::config::{Config, FailureMode};
@@ -50,36 +50,16 @@ pub struct Decision {
     pub retry_after: Duration,
 }
 
-/// Flask-Limiter's `str(limit)`: `50 per 1 hour`.
-pub fn limit_text(limit: u64, window_ms: u64) -> String {
-    const UNITS: [(u64, &str); 5] = [
-        (86_400_000, "day"),
-        (3_600_000, "hour"),
-        (60_000, "minute"),
-        (1_000, "second"),
-        (1, "millisecond"),
-    ];
-    for (size, unit) in UNITS {
-        if window_ms >= size && window_ms.is_multiple_of(size) {
-            return format!("{limit} per {} {unit}", window_ms / size);
-        }
-    }
-    format!("{limit} per {window_ms} millisecond")
-}
+/// Most counters the local fallback keeps in memory while RateLimitService is away.
+const LOCAL_MAX_KEYS: usize = 100_000;
 
 /// The limiter shared by all requests.
 pub struct RateLimiter {
     streams: Option<DecisionStreams>,
     timeout: Duration,
     failure_mode: FailureMode,
-    /// Fixed windows kept in process while RateLimitService is away: key → (window start, count).
-    local: Mutex<HashMap<String, (u64, u64)>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// RateLimitService's bounded in-process store, deciding while the service is away (per gateway process).
+    local: MemoryStore,
 }
 
 fn duration(d: Option<prost_types::Duration>) -> Duration {
@@ -111,7 +91,7 @@ impl RateLimiter {
             streams: client.map(DecisionStreams::new),
             timeout: config.ratelimit_timeout,
             failure_mode: config.failure_mode,
-            local: Mutex::new(HashMap::new()),
+            local: MemoryStore::new(LOCAL_MAX_KEYS),
         }
     }
 
@@ -133,7 +113,7 @@ impl RateLimiter {
         let specs = limits
             .iter()
             .map(|l| pb::LimitSpec {
-                name: limit_text(l.limit, l.window_ms),
+                name: flask_text(l.limit, l.window_ms),
                 limit: l.limit,
                 window: prost_types::Duration::try_from(Duration::from_millis(l.window_ms)).ok(),
                 algorithm: pb::Algorithm::FixedWindow as i32,
@@ -191,54 +171,47 @@ impl RateLimiter {
             FailureMode::Closed => Err(ApiError::unavailable(
                 "Rate limiting not available; request refused",
             )),
-            FailureMode::Local => Ok(Some(self.local_check(key, limits).await)),
+            FailureMode::Local => Ok(Some(self.local_check(key, limits))),
         }
     }
 
-    async fn local_check(&self, key: &str, limits: &[LimitDef]) -> Decision {
-        let now = now_ms();
-        let mut map = self.local.lock().await;
-        // Bound memory: windows that ended are dropped when the map grows.
-        if map.len() > 100_000 {
-            map.retain(|_, (start, _)| now.saturating_sub(*start) < 86_400_000);
-        }
-        let mut views = Vec::with_capacity(limits.len());
-        let mut allowed = true;
-        let mut retry_after = Duration::ZERO;
-        let mut counters = Vec::with_capacity(limits.len());
-        for l in limits {
-            let k = format!("{key}|{}|{}", l.limit, l.window_ms);
-            let (start, count) = map.get(&k).copied().unwrap_or((now, 0));
-            let (start, count) = if now.saturating_sub(start) >= l.window_ms {
-                (now, 0)
-            } else {
-                (start, count)
-            };
-            let reset_after = Duration::from_millis((start + l.window_ms).saturating_sub(now));
-            let refused = count >= l.limit;
-            if refused {
-                allowed = false;
-                retry_after = retry_after.max(reset_after);
-            }
-            counters.push((k, start, count));
-            views.push(LimitView {
-                text: limit_text(l.limit, l.window_ms),
+    /// Decides with the in-process store, all or nothing like RateLimitService: a refused request consumes
+    /// no limit.
+    fn local_check(&self, key: &str, limits: &[LimitDef]) -> Decision {
+        let items: Vec<BatchItem> = limits
+            .iter()
+            .map(|l| BatchItem {
+                key: format!("{key}|{}|{}", l.limit, l.window_ms),
+                algorithm: Algorithm::FixedWindow,
                 limit: l.limit,
-                remaining: l.limit.saturating_sub(count),
-                reset_after,
-                window: Duration::from_millis(l.window_ms),
-                refused,
-            });
-        }
-        // All or nothing, as RateLimitService: a refused request consumes no limit.
-        if allowed {
-            for ((k, start, count), view) in counters.into_iter().zip(views.iter_mut()) {
-                map.insert(k, (start, count + 1));
-                view.remaining = view.remaining.saturating_sub(1);
-            }
-        }
+                window_ms: l.window_ms,
+                cost: 1,
+                mode: Mode::Enforced,
+            })
+            .collect();
+        let outcome =
+            self.local
+                .decide_at(&items, Apply::Consume, redline_runtime::clock::epoch_us());
+        let mut retry_after = Duration::ZERO;
+        let views = limits
+            .iter()
+            .zip(&outcome.verdicts)
+            .map(|(l, v)| {
+                if !v.allowed {
+                    retry_after = retry_after.max(Duration::from_millis(v.retry_after_ms));
+                }
+                LimitView {
+                    text: flask_text(l.limit, l.window_ms),
+                    limit: l.limit,
+                    remaining: v.remaining,
+                    reset_after: Duration::from_millis(v.reset_after_ms),
+                    window: Duration::from_millis(l.window_ms),
+                    refused: !v.allowed,
+                }
+            })
+            .collect();
         Decision {
-            allowed,
+            allowed: outcome.allowed,
             limits: views,
             retry_after,
         }
@@ -306,9 +279,7 @@ pub fn headers(decision: &Decision, reset_delta: bool) -> Vec<(HeaderName, Heade
         .or_else(|| decision.limits.iter().min_by_key(|l| l.remaining));
     if let Some(l) = current {
         let reset = ceil_secs(l.reset_after);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = redline_runtime::clock::epoch_secs();
         out.push((
             HeaderName::from_static("x-ratelimit-limit"),
             header_value(l.limit),
@@ -409,13 +380,7 @@ pub type SharedLimiter = Arc<RateLimiter>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flask_rendering() {
-        assert_eq!(limit_text(50, 3_600_000), "50 per 1 hour");
-        assert_eq!(limit_text(200, 86_400_000), "200 per 1 day");
-        assert_eq!(limit_text(5, 30_000), "5 per 30 second");
-    }
+    use std::collections::HashMap;
 
     #[test]
     fn forwarded_for_only_from_trusted_proxies() {
@@ -474,9 +439,9 @@ mod tests {
         let Ok(config) = config else { panic!("config") };
         let limiter = RateLimiter::new(None, &config);
         let limits = config.default_limits.clone();
-        assert!(limiter.local_check("k", &limits).await.allowed);
-        assert!(limiter.local_check("k", &limits).await.allowed);
-        let third = limiter.local_check("k", &limits).await;
+        assert!(limiter.local_check("k", &limits).allowed);
+        assert!(limiter.local_check("k", &limits).allowed);
+        let third = limiter.local_check("k", &limits);
         assert!(!third.allowed);
         assert!(third.retry_after > Duration::from_secs(3500));
     }

@@ -20,10 +20,12 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::json::{
-    from_proto, from_proto_list, from_proto_struct, number, timestamp, to_proto_list,
-    to_proto_struct,
-};
+use redline_proto::json::{from_list, from_struct, from_value, number, to_list, to_struct};
+
+/// A timestamp as ISO 8601 UTC (RFC 3339 with `Z`), prost-types' own rendering.
+fn timestamp(t: &prost_types::Timestamp) -> Value {
+    Value::String(t.to_string())
+}
 
 /// One served route.
 #[derive(Debug, Clone, Copy)]
@@ -424,8 +426,8 @@ async fn submit_task(
             state,
             pb::SubmitTaskRequest {
                 task_name: task_name.to_owned(),
-                args: Some(to_proto_list(&args)),
-                kwargs: Some(to_proto_struct(&kwargs)),
+                args: Some(to_list(&args)),
+                kwargs: Some(to_struct(&kwargs)),
                 queue,
                 priority,
                 ..Default::default()
@@ -510,13 +512,10 @@ pub fn task_json(t: &pb::Task) -> Value {
     let mut m = Map::new();
     m.insert("task_id".into(), json!(t.task_id));
     m.insert("task_name".into(), json!(t.task_name));
-    m.insert(
-        "args".into(),
-        t.args.as_ref().map_or(json!([]), from_proto_list),
-    );
+    m.insert("args".into(), t.args.as_ref().map_or(json!([]), from_list));
     m.insert(
         "kwargs".into(),
-        t.kwargs.as_ref().map_or(json!({}), from_proto_struct),
+        t.kwargs.as_ref().map_or(json!({}), from_struct),
     );
     m.insert("status".into(), json!(t.status));
     m.insert("state".into(), json!(state_name(t.state)));
@@ -532,7 +531,7 @@ pub fn task_json(t: &pb::Task) -> Value {
         m.insert("completed_at".into(), timestamp(ts));
     }
     if let Some(p) = &t.progress {
-        let mut meta = match p.details.as_ref().map(from_proto_struct) {
+        let mut meta = match p.details.as_ref().map(from_struct) {
             Some(Value::Object(o)) => o,
             _ => Map::new(),
         };
@@ -541,7 +540,7 @@ pub fn task_json(t: &pb::Task) -> Value {
         m.insert("progress".into(), Value::Object(meta));
     }
     if let Some(r) = &t.result {
-        m.insert("result".into(), from_proto(r));
+        m.insert("result".into(), from_value(r));
     }
     if !t.error.is_empty() {
         m.insert("error".into(), json!(t.error));
@@ -579,7 +578,7 @@ async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> A
         );
     }
     let value = if r.ready && r.status == "SUCCESS" {
-        r.result.as_ref().map_or(Value::Null, from_proto)
+        r.result.as_ref().map_or(Value::Null, from_value)
     } else {
         Value::Null
     };

@@ -12,6 +12,8 @@ mod generated {
 
 pub use generated::*;
 
+pub mod json;
+
 /// Encoded `FileDescriptorSet` of every redline proto and its imports, extension options included.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/redline_descriptor.bin"));

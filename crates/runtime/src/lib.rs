@@ -4,11 +4,13 @@
 //! - [`telemetry`]: logs (text, or JSON when `REDLINE_LOG_FORMAT=json`), OpenTelemetry traces and W3C trace
 //!   context propagation;
 //! - [`admin`]: the admin port with Prometheus `/metrics`, `/healthz` and `/readyz`;
+//! - [`clock`]: the wall clock, for what is not on Redis's clock;
 //! - [`grpc`]: the gRPC servers' shutdown drain (readiness NOT_SERVING, then a delay) and optional reflection;
 //! - [`shutdown_on_signal`]: SIGTERM/SIGINT cancel a [`CancellationToken`]; a second signal exits at once;
 //! - [`redact_url`], [`resolve_redis_url`], [`parse_duration`], [`ConfigErrors`]: configuration helpers.
 
 pub mod admin;
+pub mod clock;
 pub mod grpc;
 pub mod telemetry;
 

@@ -1,7 +1,7 @@
 //! [`TaskStore`]: typed operations over the key layout (`keys.rs`) and the scripts (`scripts.rs`).
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fred::clients::WithOptions;
 use fred::prelude::*;
@@ -69,15 +69,6 @@ impl std::fmt::Debug for TaskStore {
             .field("namespace", &self.keys.namespace())
             .finish_non_exhaustive()
     }
-}
-
-/// Epoch milliseconds of the local clock. Only used for display-side arithmetic (ages); every stored time
-/// comes from Redis `TIME` inside the scripts, so hosts with skewed clocks agree.
-pub fn local_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> String {
@@ -445,6 +436,13 @@ impl TaskStore {
         let mut queues: Vec<String> = self.cmd.smembers(self.keys.queues()).await?;
         queues.sort();
         let pipe = self.cmd.pipeline();
+        // Ages are on Redis's clock, as every stored time is.
+        let _: () = pipe
+            .custom(
+                CustomCommand::new_static("TIME", ClusterHash::Random, false),
+                Vec::<String>::new(),
+            )
+            .await?;
         for q in &queues {
             for p in 0..PRIORITIES {
                 let _: () = pipe.llen(self.keys.queue(q, p)).await?;
@@ -461,7 +459,13 @@ impl TaskStore {
         let replies: Vec<Value> = pipe.all().await?;
         let mut it = replies.into_iter();
         let mut next = || it.next().ok_or_else(|| protocol("stats reply"));
-        let now = local_now_ms();
+        let now_us = match next()?.into_array().as_slice() {
+            [secs, micros] => {
+                text(secs).parse::<u64>().unwrap_or(0) * 1_000_000
+                    + text(micros).parse::<u64>().unwrap_or(0)
+            }
+            _ => return Err(protocol("TIME reply")),
+        };
         let mut stats = QueueStats::default();
         let mut oldest_ids = Vec::new();
         for q in &queues {
@@ -508,7 +512,7 @@ impl TaskStore {
                 .into_iter()
                 .flatten()
                 .min()
-                .map(|t| Duration::from_micros((now * 1000).saturating_sub(t)));
+                .map(|t| Duration::from_micros(now_us.saturating_sub(t)));
         }
         Ok(stats)
     }
@@ -629,8 +633,9 @@ impl TaskStore {
         })
     }
 
-    /// Deletes finished tasks that ended before `cutoff_ms`. Returns how many were deleted.
-    pub async fn cleanup(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+    /// Deletes finished tasks that ended more than `older_than` ago (on Redis's clock). Returns how many were
+    /// deleted.
+    pub async fn cleanup(&self, older_than: Duration) -> Result<u64, StoreError> {
         const BATCH: u64 = 500;
         let mut total = 0;
         loop {
@@ -640,7 +645,7 @@ impl TaskStore {
                     vec![self.keys.done(), self.keys.dead()],
                     vec![
                         self.keys.namespace().to_owned(),
-                        cutoff_ms.to_string(),
+                        ms(older_than),
                         BATCH.to_string(),
                     ],
                 )

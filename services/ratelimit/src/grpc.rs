@@ -69,10 +69,8 @@ fn fail(e: LimitError) -> Status {
 // === Conversions ===
 
 fn pb_duration(ms: u64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
-        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-    }
+    // Windows are at most ten years: always representable.
+    prost_types::Duration::try_from(std::time::Duration::from_millis(ms)).unwrap_or_default()
 }
 
 fn algorithm_to_pb(a: Algorithm) -> pb::Algorithm {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::limits::{FailureMode, LimitDef, MAX_LIMIT, MAX_WINDOW_MS, Mode};
 use crate::rules::{Match, RuleSet, RulesError};
@@ -618,7 +618,5 @@ fn validate_caller_limit(def: &LimitDef) -> Result<(), LimitError> {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    redline_runtime::clock::epoch_us()
 }

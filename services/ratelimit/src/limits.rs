@@ -148,20 +148,51 @@ pub(crate) fn default_name(limit: u64, window_ms: u64) -> String {
     format!("{limit} per {}", format_window(window_ms))
 }
 
+/// The units windows and waits are written in: milliseconds each, short suffix, Flask-Limiter's word.
+const UNITS: [(u64, &str, &str); 5] = [
+    (86_400_000, "d", "day"),
+    (3_600_000, "h", "hour"),
+    (60_000, "m", "minute"),
+    (1_000, "s", "second"),
+    (1, "ms", "millisecond"),
+];
+
+/// The largest unit that divides `ms` exactly.
+fn exact_unit(ms: u64) -> (u64, &'static str, &'static str) {
+    UNITS
+        .into_iter()
+        .find(|(size, _, _)| ms >= *size && ms.is_multiple_of(*size))
+        .unwrap_or(UNITS[4])
+}
+
 /// Shortest exact rendering of a window: `1d`, `30s`, `1500ms`.
 pub fn format_window(ms: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1_000, "s"),
-    ];
-    for (size, suffix) in UNITS {
-        if ms >= size && ms.is_multiple_of(size) {
-            return format!("{}{suffix}", ms / size);
+    let (size, suffix, _) = exact_unit(ms);
+    format!("{}{suffix}", ms / size)
+}
+
+/// A limit as Flask-Limiter's `str(limit)` renders it: `50 per 1 hour`, `5 per 30 second`.
+pub fn flask_text(limit: u64, window_ms: u64) -> String {
+    let (size, _, word) = exact_unit(window_ms);
+    format!("{limit} per {} {word}", window_ms / size)
+}
+
+/// A wait as people read it: `850ms`, `42s`, `59m59s`, `1d`; past one second it is rounded up to the second,
+/// so a reset "in 86399991 ms" reads `1d`.
+pub fn format_wait(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let mut secs = ms.div_ceil(1000);
+    let mut out = String::new();
+    for (size, suffix, _) in &UNITS[..4] {
+        let size = size / 1000;
+        if secs >= size {
+            out.push_str(&format!("{}{suffix}", secs / size));
+            secs %= size;
         }
     }
-    format!("{ms}ms")
+    out
 }
 
 /// Largest window accepted anywhere (10 years): keeps all arithmetic in the scripts exact.
@@ -303,6 +334,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn waits_and_flask_texts() {
+        assert_eq!(format_wait(850), "850ms");
+        assert_eq!(format_wait(42_000), "42s");
+        assert_eq!(format_wait(3_599_000), "59m59s");
+        assert_eq!(format_wait(3_599_001), "1h");
+        assert_eq!(format_wait(86_399_991), "1d");
+        assert_eq!(format_wait(90_061_000), "1d1h1m1s");
+        assert_eq!(flask_text(50, 3_600_000), "50 per 1 hour");
+        assert_eq!(flask_text(200, 86_400_000), "200 per 1 day");
+        assert_eq!(flask_text(5, 30_000), "5 per 30 second");
+        assert_eq!(flask_text(5, 1_500), "5 per 1500 millisecond");
     }
 
     #[test]

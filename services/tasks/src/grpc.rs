@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use redline_catalog::{Catalog, DEFAULT_MAX_RETRIES, DEFAULT_TIME_LIMIT, FieldViolation, TaskSpec};
+use redline_proto::json;
 use redline_proto::tasks::task_service_server::TaskService;
 use redline_proto::tasks::*;
 use redline_taskqueue::keys::PRIORITIES;
@@ -17,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::error::ServiceError;
-use crate::json::*;
 use crate::submitter::{SubmitFailure, Submitter};
 use crate::watch::WatchHub;
 
@@ -111,12 +111,12 @@ impl TaskServiceImpl {
         let args = req
             .args
             .as_ref()
-            .map(list_to_json)
+            .map(json::from_list)
             .unwrap_or_else(|| serde_json::json!([]));
         let kwargs = req
             .kwargs
             .as_ref()
-            .map(struct_to_json)
+            .map(json::from_struct)
             .unwrap_or_else(|| serde_json::json!({}));
         let size = args.to_string().len() + kwargs.to_string().len();
         if size > self.limits.max_payload {
@@ -165,7 +165,7 @@ impl TaskServiceImpl {
                 "must be at most 100",
             ));
         }
-        let time_limit = match req.time_limit.as_ref().map(std_duration) {
+        let time_limit = match req.time_limit.map(|d| Duration::try_from(d).ok()) {
             None => spec.as_ref().map_or(DEFAULT_TIME_LIMIT, |s| s.time_limit),
             Some(Some(d)) if !d.is_zero() && d <= Duration::from_secs(7 * 86_400) => d,
             Some(_) => {
@@ -176,7 +176,7 @@ impl TaskServiceImpl {
                 Duration::ZERO
             }
         };
-        let countdown = match req.countdown.as_ref().map(std_duration) {
+        let countdown = match req.countdown.map(|d| Duration::try_from(d).ok()) {
             None => None,
             Some(Some(d)) if d <= Duration::from_secs(366 * 86_400) => Some(d),
             Some(_) => {
@@ -187,7 +187,7 @@ impl TaskServiceImpl {
                 None
             }
         };
-        let eta_ms = match req.eta.as_ref().map(timestamp_ms) {
+        let eta_ms = match req.eta.as_ref().map(json::epoch_ms) {
             None => None,
             Some(Some(ms)) => Some(ms),
             Some(None) => {
@@ -305,6 +305,14 @@ fn check_id(id: &str) -> Result<(), ServiceError> {
     }
     Ok(())
 }
+/// A duration as protobuf's (saturating: no duration here is near the 292-billion-year limit).
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
 /// The proto enum of a state.
 pub fn proto_state(s: TaskState) -> redline_proto::tasks::TaskState {
     use redline_proto::tasks::TaskState as P;
@@ -354,22 +362,24 @@ pub fn proto_task(r: &TaskRecord) -> Task {
     Task {
         task_id: r.id.clone(),
         task_name: r.name.clone(),
-        args: Some(json_to_list(&r.args)),
-        kwargs: Some(json_to_struct(&r.kwargs)),
+        args: Some(json::to_list(r.args.as_array().map_or(&[], Vec::as_slice))),
+        kwargs: Some(json::to_struct(
+            r.kwargs.as_object().unwrap_or(&serde_json::Map::new()),
+        )),
         queue: r.queue.clone(),
         priority: u32::from(r.priority),
         state: proto_state(r.state) as i32,
         status: celery_status(r).to_owned(),
         attempt: r.attempt,
         max_retries: r.max_retries,
-        time_limit: Some(duration(r.time_limit)),
-        eta: r.eta_ms.map(timestamp),
+        time_limit: Some(proto_duration(r.time_limit)),
+        eta: r.eta_ms.map(json::timestamp_ms),
         idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
-        submitted_at: Some(timestamp_us(r.submitted_us)),
-        started_at: r.started_us.map(timestamp_us),
-        completed_at: r.completed_us.map(timestamp_us),
+        submitted_at: Some(json::timestamp_us(r.submitted_us)),
+        started_at: r.started_us.map(json::timestamp_us),
+        completed_at: r.completed_us.map(json::timestamp_us),
         progress: r.progress.as_ref().map(proto_progress),
-        result: r.result.as_ref().map(json_to_value),
+        result: r.result.as_ref().map(json::to_value),
         error: r.error.clone().unwrap_or_default(),
         worker_id: r.worker_id.clone().unwrap_or_default(),
         traceparent: r.traceparent.clone().unwrap_or_default(),
@@ -391,7 +401,7 @@ fn proto_progress(p: &serde_json::Value) -> Progress {
     Progress {
         step,
         progress,
-        details: Some(json_to_struct(&serde_json::Value::Object(details))),
+        details: Some(json::to_struct(&details)),
     }
 }
 
@@ -420,7 +430,7 @@ fn spec_to_proto(s: &TaskSpec) -> TaskType {
             })
             .collect(),
         max_retries: s.max_retries,
-        time_limit: Some(duration(s.time_limit)),
+        time_limit: Some(proto_duration(s.time_limit)),
         arguments_schema: s.args_schema.to_string(),
         result_schema: s.result_schema.to_string(),
         positional: s.positional.clone(),
@@ -532,7 +542,7 @@ impl TaskService for TaskServiceImpl {
                 .result
                 .as_ref()
                 .filter(|_| r.state == TaskState::Succeeded)
-                .map(json_to_value),
+                .map(json::to_value),
             error: if r.state == TaskState::Succeeded {
                 String::new()
             } else {
@@ -722,7 +732,9 @@ impl TaskService for TaskServiceImpl {
                     cancelled: q.cancelled,
                     retried: q.retried,
                     recovered: q.recovered,
-                    oldest_queued_age: Some(duration(q.oldest_queued_age.unwrap_or_default())),
+                    oldest_queued_age: Some(proto_duration(
+                        q.oldest_queued_age.unwrap_or_default(),
+                    )),
                 })
                 .collect(),
         }))
@@ -742,8 +754,8 @@ impl TaskService for TaskServiceImpl {
                     queues: w.queues,
                     concurrency: w.concurrency,
                     active_task_ids: w.active,
-                    started_at: Some(timestamp(w.started_ms)),
-                    last_heartbeat: Some(timestamp(w.last_heartbeat_ms)),
+                    started_at: Some(json::timestamp_ms(w.started_ms)),
+                    last_heartbeat: Some(json::timestamp_ms(w.last_heartbeat_ms)),
                     processed: w.processed,
                     failed: w.failed,
                     pid: w.pid,
@@ -791,11 +803,9 @@ impl TaskService for TaskServiceImpl {
         if days > 36_500 {
             return Err(ServiceError::invalid("days", "must be at most 36500").into());
         }
-        let cutoff =
-            redline_taskqueue::store::local_now_ms().saturating_sub(u64::from(days) * 86_400_000);
         let deleted = self
             .store
-            .cleanup(cutoff)
+            .cleanup(Duration::from_secs(u64::from(days) * 86_400))
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(CleanupTasksResponse {

@@ -7,13 +7,11 @@
 //! - [`error`]: the one mapping from service errors to gRPC status codes;
 //! - [`submitter`]: group commit of concurrent submissions;
 //! - [`watch`]: change notifications for WatchTask;
-//! - [`json`]: protobuf JSON types, timestamps and durations;
 //! - [`queue_metrics`]: queue gauges for the admin port's `/metrics`.
 
 pub mod config;
 pub mod error;
 pub mod grpc;
-pub mod json;
 pub mod queue_metrics;
 pub mod submitter;
 pub mod watch;

@@ -540,10 +540,7 @@ async fn execute(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphoreP
         .increment(1);
     if task.attempt == 1 {
         // Since submission: for a task submitted with an eta or countdown this includes its planned delay.
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let waited = now_us.saturating_sub(task.submitted_us);
+        let waited = redline_runtime::clock::epoch_us().saturating_sub(task.submitted_us);
         metrics::histogram!("redline_task_queue_wait_seconds", "queue" => task.queue.clone())
             .record(waited as f64 / 1e6);
     }

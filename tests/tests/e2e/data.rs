@@ -3,9 +3,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use redline_proto::json;
 use redline_proto::tasks::task_service_client::TaskServiceClient;
 use redline_proto::tasks::*;
-use redline_tasks::json::{json_to_struct, value_to_json};
 use redline_testkit::Suite;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -41,7 +41,7 @@ impl Data {
             .clone()
             .submit_task(SubmitTaskRequest {
                 task_name: name.into(),
-                kwargs: Some(json_to_struct(&kwargs)),
+                kwargs: Some(json::to_struct(kwargs.as_object().expect("an object"))),
                 ..Default::default()
             })
             .await
@@ -77,7 +77,10 @@ impl Data {
 }
 
 fn result(t: &Task) -> Value {
-    t.result.as_ref().map(value_to_json).unwrap_or(Value::Null)
+    t.result
+        .as_ref()
+        .map(json::from_value)
+        .unwrap_or(Value::Null)
 }
 
 #[tokio::test]

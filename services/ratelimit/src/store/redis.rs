@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::config::{ConnectionConfig, PerformanceConfig, ReconnectPolicy};
@@ -332,9 +332,7 @@ impl Shared {
             TimeMode::Client => {
                 let us = match self.clock.get() {
                     Some(clock) => clock(),
-                    None => SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                    None => redline_runtime::clock::epoch_us(),
                 };
                 Value::Integer(saturating_i64(us))
             }

@@ -76,7 +76,9 @@ impl Suite {
             .clone()
             .submit_task(SubmitTaskRequest {
                 task_name: name.into(),
-                kwargs: Some(redline_tasks::json::json_to_struct(&kwargs)),
+                kwargs: Some(redline_proto::json::to_struct(
+                    kwargs.as_object().expect("an object"),
+                )),
                 ..Default::default()
             })
             .await
@@ -127,7 +129,7 @@ async fn submit_then_watch_streams_progress_until_success() {
         statuses.push(task.status.clone());
         if task.state == TaskState::Succeeded as i32 {
             assert_eq!(
-                redline_tasks::json::value_to_json(task.result.as_ref().unwrap()),
+                redline_proto::json::from_value(task.result.as_ref().unwrap()),
                 serde_json::json!({"slept": 1.2})
             );
             assert!(task.completed_at.is_some() && task.started_at.is_some());
