@@ -66,7 +66,7 @@ async fn start_suite(connections: usize) -> Suite {
     let connections = connections.to_string();
     Suite::builder()
         .worker(&["--concurrency", "2"])
-        .ratelimit(&["--timeout-ms", "250"])
+        .ratelimit(&["--timeout", "250ms"])
         .gateway(&[
             "--default-limits",
             BENCH_LIMITS,

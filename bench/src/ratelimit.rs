@@ -580,9 +580,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (Some(child), None)
         }
         None => {
-            let config = <redline_ratelimit::Config as clap::Parser>::try_parse_from(
+            let args = <redline_ratelimit::Args as clap::Parser>::try_parse_from(
                 std::iter::once("bench".to_owned()).chain(flags),
             )?;
+            let no_env = std::collections::HashMap::<String, String>::new();
+            let config = redline_ratelimit::Config::from_args(args, &no_env)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let task = tokio::spawn(redline_ratelimit::run(config, listener, shutdown.clone()));
             (None, Some(task))
         }

@@ -22,14 +22,42 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-/// True when `presented` equals one of `keys`. Every key is compared, each in constant time, so the answer's
-/// timing does not reveal which key or how many leading bytes matched.
-pub fn key_matches(keys: &[String], presented: &str) -> bool {
-    keys.iter()
-        .fold(subtle::Choice::from(0), |acc, k| {
-            acc | k.as_bytes().ct_eq(presented.as_bytes())
-        })
-        .into()
+/// The accepted API keys. Secrets: `{:?}` shows how many there are, never one of them.
+#[derive(Clone, Default)]
+pub struct ApiKeys(Vec<String>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+impl ApiKeys {
+    /// Keys as configured.
+    pub fn new(keys: Vec<String>) -> Self {
+        Self(keys)
+    }
+
+    /// How many keys are accepted.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no key is configured (no authentication).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True when `presented` equals one of the keys. Every key is compared, each in constant time, so the
+    /// answer's timing does not reveal which key or how many leading bytes matched.
+    pub fn matches(&self, presented: &str) -> bool {
+        self.0
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, k| {
+                acc | k.as_bytes().ct_eq(presented.as_bytes())
+            })
+            .into()
+    }
 }
 
 /// Middleware: 401 JSON unless keys are not configured, the route is a health endpoint, or a valid key is sent.
@@ -38,7 +66,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         return next.run(request).await;
     }
     match presented_key(request.headers()) {
-        Some(k) if key_matches(&state.config.api_keys, k) => next.run(request).await,
+        Some(k) if state.config.api_keys.matches(k) => next.run(request).await,
         Some(_) => unauthorized("Invalid API key"),
         None => unauthorized("API key required"),
     }
@@ -60,10 +88,11 @@ mod tests {
 
     #[test]
     fn matches_only_exact_keys() {
-        let keys = vec!["alpha".to_owned(), "beta".to_owned()];
-        assert!(key_matches(&keys, "beta"));
-        assert!(!key_matches(&keys, "bet"));
-        assert!(!key_matches(&keys, "betaa"));
-        assert!(!key_matches(&[], "beta"));
+        let keys = ApiKeys::new(vec!["alpha".to_owned(), "beta".to_owned()]);
+        assert!(keys.matches("beta"));
+        assert!(!keys.matches("bet"));
+        assert!(!keys.matches("betaa"));
+        assert!(!ApiKeys::default().matches("beta"));
+        assert_eq!(format!("{keys:?}"), "ApiKeys(2 keys)");
     }
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser};
 use ipnet::IpNet;
 use redline_ratelimit::limits::{LimitDef, parse_flask_limits};
+use redline_runtime::config::{ServerArgs, ServerConfig};
 use redline_runtime::{ConfigErrors, Env};
+
+use crate::auth::ApiKeys;
 
 use crate::routes::ROUTES;
 
@@ -25,22 +28,31 @@ pub struct Cli {
     pub args: Args,
 }
 
-/// Flags of the gateway, shared with `redline up`.
-#[derive(Debug, Clone, ClapArgs, Default)]
+/// Flags of the gateway, shared with `redline serve gateway`.
+#[derive(Debug, Clone, ClapArgs)]
 pub struct Args {
-    /// Address to serve HTTP on [default: 0.0.0.0:8080].
-    #[arg(long, env = "REDLINE_GATEWAY_LISTEN")]
-    pub listen: Option<String>,
-    /// Address of the admin port (Prometheus /metrics, /healthz, /readyz), such as 0.0.0.0:9464 [default: none].
-    #[arg(long, env = "REDLINE_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
-    /// TaskService URL [default: http://127.0.0.1:50051].
-    #[arg(long, env = "REDLINE_TASKS_URL")]
-    pub tasks_url: Option<String>,
-    /// RateLimitService URL [default: http://127.0.0.1:50052]; `none` disables rate limiting.
-    #[arg(long, env = "REDLINE_RATELIMIT_URL")]
-    pub ratelimit_url: Option<String>,
-    /// Limits of every /tasks route, per client, in Flask-Limiter notation [default: "200 per day; 50 per hour"].
+    /// Address to serve HTTP on.
+    #[arg(long, env = "REDLINE_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// Admin port and shutdown drain.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// TaskService URL.
+    #[arg(
+        long,
+        env = "REDLINE_TASKS_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub tasks_url: String,
+    /// RateLimitService URL; `none` disables rate limiting.
+    #[arg(
+        long,
+        env = "REDLINE_RATELIMIT_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub ratelimit_url: String,
+    /// Limits of every /tasks route, per client, in Flask-Limiter notation; replaces the limits file's
+    /// `default` [default: "200 per day; 50 per hour"].
     #[arg(long, env = "REDLINE_GATEWAY_DEFAULT_LIMITS")]
     pub default_limits: Option<String>,
     /// Per-route limits, `"METHOD /path=LIMITS"`, such as `"POST /tasks/submit=10 per minute"`; repeatable.
@@ -54,12 +66,16 @@ pub struct Args {
     /// minute"}`; `--default-limits` and `--route-limit` override its entries.
     #[arg(long, env = "REDLINE_GATEWAY_LIMITS_FILE")]
     pub limits_file: Option<PathBuf>,
-    /// What to do when RateLimitService is unreachable: `local` (in-process limiter), `open` or `closed` [default: local].
-    #[arg(long, env = "REDLINE_GATEWAY_RATELIMIT_FAILURE_MODE")]
-    pub ratelimit_failure_mode: Option<String>,
-    /// `X-RateLimit-Reset` as `epoch` seconds (Flask-Limiter) or `delta` seconds [default: epoch].
-    #[arg(long, env = "REDLINE_GATEWAY_RESET_HEADER")]
-    pub reset_header: Option<String>,
+    /// What to do when RateLimitService is unreachable: `local` (in-process limiter), `open` or `closed`.
+    #[arg(
+        long,
+        env = "REDLINE_GATEWAY_RATELIMIT_FAILURE_MODE",
+        default_value = "local"
+    )]
+    pub ratelimit_failure_mode: String,
+    /// `X-RateLimit-Reset` as `epoch` seconds (Flask-Limiter) or `delta` seconds.
+    #[arg(long, env = "REDLINE_GATEWAY_RESET_HEADER", default_value = "epoch")]
+    pub reset_header: String,
     /// Peers whose `X-Forwarded-For` is honoured: IP addresses or CIDR ranges such as `10.0.0.0/8`, comma
     /// separated.
     #[arg(long, env = "REDLINE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -67,27 +83,33 @@ pub struct Args {
     /// File of API keys, one per line; when set (or REDLINE_GATEWAY_API_KEYS is), /tasks requires a key.
     #[arg(long, env = "REDLINE_GATEWAY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
-    /// HTTP/2 connections to each backend, used in turn [default: 1]. Behind a Kubernetes ClusterIP Service,
-    /// which balances connections rather than calls, several spread the calls over the backend's pods.
-    #[arg(long, env = "REDLINE_GATEWAY_BACKEND_CONNECTIONS")]
-    pub backend_connections: Option<String>,
-    /// Deadline of each TaskService call [default: 800ms].
-    #[arg(long, env = "REDLINE_GATEWAY_GRPC_TIMEOUT")]
-    pub grpc_timeout: Option<String>,
-    /// Deadline of each RateLimitService check before the failure mode applies [default: 250ms].
-    #[arg(long, env = "REDLINE_GATEWAY_RATELIMIT_TIMEOUT")]
-    pub ratelimit_timeout: Option<String>,
-    /// Largest accepted request body in bytes [default: 1048576].
-    #[arg(long, env = "REDLINE_GATEWAY_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<String>,
-    /// After SIGTERM, how long to keep serving while readiness reports NOT_SERVING, so load balancers and
-    /// Kubernetes endpoints stop sending new calls before the listener closes (a preStop pause without a
-    /// shell) [default: 0s].
-    #[arg(long, env = "REDLINE_SHUTDOWN_DELAY")]
-    pub shutdown_delay: Option<String>,
-    /// How long in-flight requests may take to finish on shutdown [default: 10s].
-    #[arg(long, env = "REDLINE_SHUTDOWN_GRACE")]
-    pub shutdown_grace: Option<String>,
+    /// HTTP/2 connections to each backend, used in turn. Behind a Kubernetes ClusterIP Service, which balances
+    /// connections rather than calls, several spread the calls over the backend's pods.
+    #[arg(long, env = "REDLINE_GATEWAY_BACKEND_CONNECTIONS", default_value = "1")]
+    pub backend_connections: String,
+    /// Deadline of each TaskService call.
+    #[arg(long, env = "REDLINE_GATEWAY_GRPC_TIMEOUT", default_value = "800ms")]
+    pub grpc_timeout: String,
+    /// Deadline of each RateLimitService check before the failure mode applies.
+    #[arg(
+        long,
+        env = "REDLINE_GATEWAY_RATELIMIT_TIMEOUT",
+        default_value = "250ms"
+    )]
+    pub ratelimit_timeout: String,
+    /// Largest accepted request body in bytes.
+    #[arg(
+        long,
+        env = "REDLINE_GATEWAY_MAX_BODY_BYTES",
+        default_value = "1048576"
+    )]
+    pub max_body_bytes: String,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Cli::parse_from(["redline-gateway"]).args
+    }
 }
 
 /// Behaviour while RateLimitService cannot be reached.
@@ -106,8 +128,6 @@ pub enum FailureMode {
 pub struct Config {
     /// HTTP address.
     pub listen: SocketAddr,
-    /// Admin port (metrics), when enabled.
-    pub metrics_listen: Option<SocketAddr>,
     /// TaskService URL.
     pub tasks_url: String,
     /// RateLimitService URL; `None` disables rate limiting.
@@ -122,8 +142,8 @@ pub struct Config {
     pub reset_delta: bool,
     /// Peers allowed to set `X-Forwarded-For`.
     pub trusted_proxies: Vec<IpNet>,
-    /// Accepted API keys; empty means no authentication.
-    pub api_keys: Vec<String>,
+    /// Accepted API keys; none means no authentication.
+    pub api_keys: ApiKeys,
     /// HTTP/2 connections to each backend.
     pub backend_connections: usize,
     /// Deadline of TaskService calls.
@@ -132,10 +152,8 @@ pub struct Config {
     pub ratelimit_timeout: Duration,
     /// Largest accepted body.
     pub max_body: usize,
-    /// Serving on after SIGTERM, not ready, before the listener closes.
-    pub shutdown_delay: Duration,
-    /// Drain deadline.
-    pub shutdown_grace: Duration,
+    /// Admin port and shutdown drain.
+    pub server: ServerConfig,
 }
 
 /// The `--limits-file` document.
@@ -165,24 +183,15 @@ impl Config {
     /// Validates flags, falling back to `env`; reports every problem at once.
     pub fn from_args(args: Args, env: &dyn Env) -> Result<Self, ConfigErrors> {
         let mut errors = ConfigErrors::default();
-        let listen_raw = args.listen.unwrap_or_else(|| "0.0.0.0:8080".to_owned());
-        let listen = listen_raw.parse().unwrap_or_else(|_| {
-            errors.push(format!(
-                "--listen: '{listen_raw}' is not an address such as 0.0.0.0:8080"
-            ));
-            SocketAddr::from(([0, 0, 0, 0], 8080))
-        });
-        let metrics_listen = errors.address("metrics-listen", args.metrics_listen.as_deref());
-        let tasks_url = args
-            .tasks_url
-            .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned());
+        let listen = errors.socket("listen", &args.listen);
+        let server = args.server.resolve(&mut errors);
+        let tasks_url = args.tasks_url;
         if tonic::transport::Endpoint::from_shared(tasks_url.clone()).is_err() {
             errors.push(format!("--tasks-url: '{tasks_url}' is not a URL"));
         }
-        let ratelimit_url = match args.ratelimit_url.as_deref() {
-            Some("none" | "") => None,
-            Some(u) => Some(u.to_owned()),
-            None => Some("http://127.0.0.1:50052".to_owned()),
+        let ratelimit_url = match args.ratelimit_url.as_str() {
+            "none" | "" => None,
+            u => Some(u.to_owned()),
         };
         if let Some(u) = &ratelimit_url
             && tonic::transport::Endpoint::from_shared(u.clone()).is_err()
@@ -239,21 +248,21 @@ impl Config {
                 Err(e) => errors.push(format!("{source} {route}: {e}")),
             }
         }
-        let failure_mode = match args.ratelimit_failure_mode.as_deref() {
-            None | Some("local") => FailureMode::Local,
-            Some("open") => FailureMode::Open,
-            Some("closed") => FailureMode::Closed,
-            Some(other) => {
+        let failure_mode = match args.ratelimit_failure_mode.as_str() {
+            "local" => FailureMode::Local,
+            "open" => FailureMode::Open,
+            "closed" => FailureMode::Closed,
+            other => {
                 errors.push(format!(
                     "--ratelimit-failure-mode: '{other}' is not local, open or closed"
                 ));
                 FailureMode::Local
             }
         };
-        let reset_delta = match args.reset_header.as_deref() {
-            None | Some("epoch") => false,
-            Some("delta") => true,
-            Some(other) => {
+        let reset_delta = match args.reset_header.as_str() {
+            "epoch" => false,
+            "delta" => true,
+            other => {
                 errors.push(format!("--reset-header: '{other}' is not epoch or delta"));
                 false
             }
@@ -284,49 +293,25 @@ impl Config {
             }
         }
         api_keys.retain(|k| !k.is_empty() && !k.starts_with('#'));
-        let mut duration = |name: &str, raw: Option<String>, default: Duration| {
-            errors.duration(name, raw.as_deref(), default, true)
-        };
-        let grpc_timeout = duration(
-            "grpc-timeout",
-            args.grpc_timeout,
-            Duration::from_millis(800),
-        );
-        let ratelimit_timeout = duration(
-            "ratelimit-timeout",
-            args.ratelimit_timeout,
-            Duration::from_millis(250),
-        );
-        let shutdown_grace = duration(
-            "shutdown-grace",
-            args.shutdown_grace,
-            Duration::from_secs(10),
-        );
-        let shutdown_delay = errors.duration(
-            "shutdown-delay",
-            args.shutdown_delay.as_deref(),
-            Duration::ZERO,
-            false,
-        );
-        let max_body = match args.max_body_bytes.as_deref().map(str::parse::<usize>) {
-            None => 1 << 20,
-            Some(Ok(n)) if (1024..=64 << 20).contains(&n) => n,
-            Some(_) => {
+        let grpc_timeout = errors.duration_of("grpc-timeout", &args.grpc_timeout, true);
+        let ratelimit_timeout =
+            errors.duration_of("ratelimit-timeout", &args.ratelimit_timeout, true);
+        let max_body = match args.max_body_bytes.parse::<usize>() {
+            Ok(n) if (1024..=64 << 20).contains(&n) => n,
+            _ => {
                 errors.push("--max-body-bytes: must be a number of bytes from 1024 to 67108864");
                 1 << 20
             }
         };
-        let backend_connections = match args.backend_connections.as_deref().map(str::parse) {
-            None => 1,
-            Some(Ok(n)) if (1..=64).contains(&n) => n,
-            Some(_) => {
+        let backend_connections = match args.backend_connections.parse() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => {
                 errors.push("--backend-connections: must be a number from 1 to 64");
                 1
             }
         };
         errors.finish(Self {
             listen,
-            metrics_listen,
             tasks_url,
             ratelimit_url,
             default_limits,
@@ -334,13 +319,12 @@ impl Config {
             failure_mode,
             reset_delta,
             trusted_proxies,
-            api_keys,
+            api_keys: ApiKeys::new(api_keys),
             backend_connections,
             grpc_timeout,
             ratelimit_timeout,
             max_body,
-            shutdown_delay,
-            shutdown_grace,
+            server,
         })
     }
 
@@ -368,11 +352,11 @@ mod tests {
     #[test]
     fn all_errors_together() {
         let args = Args {
-            listen: Some("nowhere".into()),
+            listen: "nowhere".into(),
             default_limits: Some("many per fortnight".into()),
             route_limits: vec!["GET /nope=1 per day".into()],
-            ratelimit_failure_mode: Some("maybe".into()),
-            grpc_timeout: Some("0s".into()),
+            ratelimit_failure_mode: "maybe".into(),
+            grpc_timeout: "0s".into(),
             ..Args::default()
         };
         assert_eq!(

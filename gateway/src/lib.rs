@@ -264,7 +264,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     use axum::serve::ListenerExt;
-    let grace = config.shutdown_grace;
+    let grace = config.server.shutdown_grace;
     tracing::info!(
         listen = ?listener.local_addr().ok(),
         tasks = %config.tasks_url,
@@ -272,8 +272,8 @@ pub async fn run(
         api_keys = config.api_keys.len(),
         "gateway starting"
     );
-    let admin = config.metrics_listen;
-    let delay = config.shutdown_delay;
+    let admin = config.server.metrics_listen;
+    let delay = config.server.shutdown_delay;
     let state = AppState::new(config)?;
     if let Some(addr) = admin {
         // Its /readyz follows the same flag as the main port's drain.
@@ -299,14 +299,10 @@ pub async fn run(
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stop_accepting);
-    let server = std::pin::pin!(server.into_future());
-    let result = tokio::select! {
-        r = server => r,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(delay + grace).await } => {
-            tracing::warn!("shutdown grace elapsed; dropping remaining connections");
-            Ok(())
-        }
-    };
+    let result =
+        redline_runtime::grpc::with_drain_deadline(server.into_future(), &shutdown, delay, grace)
+            .await
+            .unwrap_or(Ok(()));
     tracing::info!("gateway stopped");
     result.map_err(RunError::from)
 }
@@ -357,8 +353,8 @@ mod tests {
     fn offline_app() -> Router {
         let config = Config::from_args(
             Args {
-                tasks_url: Some("http://127.0.0.1:9".into()),
-                ratelimit_url: Some("none".into()),
+                tasks_url: "http://127.0.0.1:9".into(),
+                ratelimit_url: "none".into(),
                 ..Args::default()
             },
             &HashMap::<String, String>::new(),
@@ -426,9 +422,12 @@ mod tests {
     async fn shutdown_delay_keeps_serving_while_not_ready() {
         let config = Config::from_args(
             Args {
-                tasks_url: Some("http://127.0.0.1:9".into()),
-                ratelimit_url: Some("none".into()),
-                shutdown_delay: Some("600ms".into()),
+                tasks_url: "http://127.0.0.1:9".into(),
+                ratelimit_url: "none".into(),
+                server: redline_runtime::config::ServerArgs {
+                    shutdown_delay: "600ms".into(),
+                    ..Default::default()
+                },
                 ..Args::default()
             },
             &HashMap::<String, String>::new(),

@@ -431,7 +431,7 @@ mod tests {
         let config = Config::from_args(
             crate::config::Args {
                 default_limits: Some("2 per hour".into()),
-                ratelimit_url: Some("http://127.0.0.1:9".into()),
+                ratelimit_url: "http://127.0.0.1:9".into(),
                 ..Default::default()
             },
             &HashMap::<String, String>::new(),

@@ -3,7 +3,7 @@
 //! docker-compose.yml and every manifest under k8s/ (base, overlays and patches) are read, and for each
 //! container that runs a redline binary:
 //! - every flag in its command and args is a flag of that binary, and every environment variable it sets is
-//!   one the binary reads (through clap, or [`redline_runtime::PROCESS_ENV`] and the few names a config reads
+//!   one the binary reads (through clap, or [`redline_runtime::config::PROCESS_ENV`] and the few names a config reads
 //!   by hand), or only exists to be interpolated into another one (`$(REDIS_PASSWORD)`);
 //! - every container port, probe port and Service target port is a port the binary listens on, given its
 //!   `--listen` / `--metrics-listen` flags, their environment variables or its defaults; gRPC probes go to
@@ -55,12 +55,12 @@ impl Binary {
         match self {
             Self::Tasks => redline_tasks::config::Args::command(),
             Self::Worker => redline_worker::config::Args::command(),
-            Self::Ratelimit => redline_ratelimit::Config::command(),
+            Self::Ratelimit => redline_ratelimit::Args::command(),
             Self::Gateway => redline_gateway::config::Cli::command(),
         }
     }
 
-    /// Variables a config reads by hand, beside clap and [`redline_runtime::PROCESS_ENV`].
+    /// Variables a config reads by hand, beside clap and [`redline_runtime::config::PROCESS_ENV`].
     fn extra_env(self) -> &'static [&'static str] {
         match self {
             // `--concurrency` falls back to Celery's name (services/worker/src/config.rs).
@@ -140,7 +140,7 @@ impl Spec {
 
     fn knows_env(&self, binary: Binary, name: &str) -> bool {
         self.envs.contains(name)
-            || redline_runtime::PROCESS_ENV.contains(&name)
+            || redline_runtime::config::PROCESS_ENV.contains(&name)
             || binary.extra_env().contains(&name)
     }
 }

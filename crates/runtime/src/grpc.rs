@@ -1,5 +1,5 @@
-//! gRPC server plumbing shared by TaskService and RateLimitService: the shutdown drain of grpc.health.v1 and
-//! optional server reflection.
+//! Server plumbing shared by TaskService, RateLimitService and the gateway: the shutdown drain of
+//! grpc.health.v1 and its deadline, and optional server reflection.
 
 use std::time::Duration;
 
@@ -29,23 +29,45 @@ pub async fn drain(
     tokio::time::sleep(delay).await;
 }
 
-/// grpc.reflection.v1 over `descriptor_sets` and grpc.health.v1's schema, or `None` when `disabled`.
-/// Reflection publishes the whole schema: handy for grpcurl in development, off where that is unwanted.
+/// grpc.reflection.v1 over `descriptor_sets` and grpc.health.v1's schema, advertising exactly `services`
+/// (the descriptor sets describe every redline service; a server lists only those it serves), and
+/// grpc.health.v1.Health; or `None` when `disabled`. Reflection publishes the schema: handy for grpcurl in
+/// development, off where that is unwanted.
 pub fn reflection(
     disabled: bool,
     descriptor_sets: &[&[u8]],
+    services: &[&str],
 ) -> Result<Option<ServerReflectionServer<impl ServerReflection>>, tonic_reflection::server::Error>
 {
     if disabled {
         return Ok(None);
     }
-    descriptor_sets
+    let builder = descriptor_sets.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health"),
+        |builder, set| builder.register_encoded_file_descriptor_set(set),
+    );
+    services
         .iter()
-        .fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-            |builder, set| builder.register_encoded_file_descriptor_set(set),
-        )
+        .fold(builder, |builder, name| builder.with_service_name(*name))
         .build_v1()
         .map(Some)
+}
+
+/// Runs `serve` until it ends by itself, or until `delay + grace` after `shutdown`: a drain that outlives its
+/// deadline is cut off, and the connections left close as the server is dropped. `None` when it was cut off.
+pub async fn with_drain_deadline<T>(
+    serve: impl std::future::Future<Output = T>,
+    shutdown: &CancellationToken,
+    delay: Duration,
+    grace: Duration,
+) -> Option<T> {
+    tokio::select! {
+        result = serve => Some(result),
+        () = async { shutdown.cancelled().await; tokio::time::sleep(delay + grace).await } => {
+            tracing::warn!(?grace, "drain deadline reached; closing the remaining connections");
+            None
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! The Redis key layout of the task queue. Every key is built here and nowhere else.
+//! The Redis key layout of the task queue. Rust code builds every key here; the Lua scripts build the keys they
+//! derive from ids they pop (`task_key`, `queue_key`, ... in `scripts/common.lua`) with the same layout, and a
+//! test checks the two agree.
 //!
 //! All keys start with the namespace, which is a Redis Cluster hash tag (default `{redline}`): every key of
 //! the queue hashes to one slot, so each Lua script may touch every key it needs, including the keys it derives
@@ -7,7 +9,7 @@
 //!
 //! | Key | Type | Contents |
 //! |---|---|---|
-//! | `{ns}:t:<id>` | HASH | task record (fields in `record.rs`); terminal records carry a TTL |
+//! | `{ns}:t:<id>` | HASH | task record (fields read by `TaskRecord::from_fields` in `model.rs`); terminal records carry a TTL |
 //! | `{ns}:q:<queue>:<p>` | LIST | queued task ids of priority `p` (0–9): LPUSH new, RPOP next, RPUSH to the front |
 //! | `{ns}:sched:<queue>` | ZSET | scheduled ids (eta or retry backoff), score = due epoch ms |
 //! | `{ns}:queues` | SET | queue names ever used |
@@ -20,7 +22,8 @@
 //! | `{ns}:w:<wid>:active` | SET | ids of the tasks a worker holds |
 //! | `{ns}:stats:<queue>` | HASH | per-queue counters: running, succeeded, failed, cancelled, retried, recovered |
 //! | `{ns}:stats` | HASH | global counters: stale_completions, lease_expiries |
-//! | `{ns}:types` | HASH | task type name → argument schema JSON, published by workers |
+//! | `{ns}:types` | HASH | task type name → task spec JSON (schemas, defaults), published by workers |
+//! | `{ns}:settings` | HASH | `result_ttl`, `dead_letter_ttl` (s), written by TaskService; the scripts apply them |
 //!
 //! Pub/sub channels: `{ns}:wake:<queue>` (work arrived), `{ns}:ev:<id>` (a task changed, for WatchTask),
 //! `{ns}:ctl:<wid>` (cancel a running task on that worker).
@@ -129,6 +132,11 @@ impl Keys {
         format!("{}:stats", self.ns)
     }
 
+    /// Settings every process must apply alike, written by TaskService (retention of finished records).
+    pub fn settings(&self) -> String {
+        format!("{}:settings", self.ns)
+    }
+
     /// Task types published by workers.
     pub fn task_types(&self) -> String {
         format!("{}:types", self.ns)
@@ -172,5 +180,38 @@ mod tests {
         assert_eq!(Keys::new("redline").task("x"), "{redline}:t:x");
         assert_eq!(Keys::new("{a}").queue("q", 5), "{a}:q:q:5");
         assert_eq!(Keys::new("app:{b}").workers(), "app:{b}:workers");
+    }
+
+    /// The Lua helpers that derive keys from ids build them as [`Keys`] does.
+    #[test]
+    fn the_scripts_build_keys_with_this_layout() {
+        let lua = include_str!("scripts/common.lua");
+        let k = Keys::new("{ns}");
+        let cases = [
+            ("NS .. ':t:' .. id", k.task("ID"), "{ns}:t:ID"),
+            (
+                "NS .. ':q:' .. q .. ':' .. p",
+                k.queue("Q", 7),
+                "{ns}:q:Q:7",
+            ),
+            ("NS .. ':sched:' .. q", k.scheduled("Q"), "{ns}:sched:Q"),
+            ("NS .. ':stats:' .. q", k.queue_stats("Q"), "{ns}:stats:Q"),
+            (
+                "NS .. ':w:' .. wid .. ':active'",
+                k.worker_active("W"),
+                "{ns}:w:W:active",
+            ),
+            ("NS .. ':w:' .. wid", k.worker("W"), "{ns}:w:W"),
+            ("NS .. ':ev:' .. id", k.event_channel("ID"), "{ns}:ev:ID"),
+            ("NS .. ':wake:' .. q", k.wake_channel("Q"), "{ns}:wake:Q"),
+            ("NS .. ':settings'", k.settings(), "{ns}:settings"),
+        ];
+        for (lua_expr, rust, expected) in cases {
+            assert!(
+                lua.contains(lua_expr),
+                "common.lua no longer builds {lua_expr}"
+            );
+            assert_eq!(rust, expected);
+        }
     }
 }

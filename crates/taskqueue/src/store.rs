@@ -572,6 +572,25 @@ impl TaskStore {
         Ok(out)
     }
 
+    /// Writes this process's retention settings for every script to apply (TaskService calls it at start and
+    /// every few seconds, so a Redis that lost them gets them back).
+    pub async fn publish_settings(&self) -> Result<(), StoreError> {
+        let _: () = self
+            .cmd
+            .hset(
+                self.keys.settings(),
+                [
+                    ("result_ttl", self.config.result_ttl.as_secs().max(1)),
+                    (
+                        "dead_letter_ttl",
+                        self.config.dead_letter_ttl.as_secs().max(1),
+                    ),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Task type schemas published by workers (name → JSON).
     pub async fn published_task_types(&self) -> Result<HashMap<String, String>, StoreError> {
         Ok(self.cmd.hgetall(self.keys.task_types()).await?)

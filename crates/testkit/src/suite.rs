@@ -390,8 +390,9 @@ impl Suite {
             &[("--redis-url", self.redis.url())],
             &self.ratelimit_flags,
         );
+        let args = redline_ratelimit::Args::try_parse_from(flags).expect("RateLimitService flags");
         let config =
-            redline_ratelimit::Config::try_parse_from(flags).expect("RateLimitService flags");
+            redline_ratelimit::Config::from_args(args, &no_env()).expect("RateLimitService config");
         let rl = self
             .ratelimit
             .get_or_insert_with(|| Component::new(local()));

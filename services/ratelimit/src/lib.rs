@@ -31,6 +31,8 @@ use clap::Parser;
 use fred::interfaces::ClientLike;
 use redline_proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyServer;
 use redline_proto::redline::ratelimit::v1::rate_limit_service_server::RateLimitServiceServer as RedlineServer;
+use redline_runtime::config::{GrpcArgs, RedisArgs, RedisConfig, ServerArgs, ServerConfig};
+use redline_runtime::{ConfigErrors, Env};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -40,27 +42,30 @@ use crate::rules::{RuleSet, RulesError};
 use crate::store::keys::{KeyError, KeySpace};
 use crate::store::redis::{RedisStore, TimeMode};
 
-/// Service configuration: flags with environment fallbacks.
+/// Command-line flags of `redline-ratelimit`. Every flag has an environment variable.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "redline-ratelimit",
     version,
     about = "Rate-limit decisions over gRPC and Envoy RLS v3"
 )]
-pub struct Config {
+pub struct Args {
     /// Address to listen on (0.0.0.0 so Kubernetes probes reach the pod IP).
     #[arg(
         long,
         env = "REDLINE_RATELIMIT_LISTEN",
         default_value = "0.0.0.0:50052"
     )]
-    pub listen: SocketAddr,
-    /// Address of the admin port (Prometheus /metrics, /healthz, /readyz), such as 0.0.0.0:9464 [default: none].
-    #[arg(long, env = "REDLINE_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Redis URL; a password in it is only ever logged redacted.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
-    pub redis_url: String,
+    pub listen: String,
+    /// Redis.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Admin port and shutdown drain.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// gRPC server options.
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
     /// Rule file or directory (envoyproxy/ratelimit YAML); watched and reloaded on change.
     #[arg(long, env = "REDLINE_RATELIMIT_CONFIG")]
     pub config: Option<PathBuf>,
@@ -72,74 +77,98 @@ pub struct Config {
     )]
     pub key_prefix: String,
     /// Longest a decision waits for Redis before the failure modes apply (Envoy's default budget is 20 ms).
-    #[arg(long, env = "REDLINE_RATELIMIT_TIMEOUT_MS", default_value_t = 20)]
-    pub timeout_ms: u64,
+    #[arg(long, env = "REDLINE_RATELIMIT_TIMEOUT", default_value = "20ms")]
+    pub timeout: String,
     /// Clock of the scripts: `redis` (TIME) or `client` (for managed Redis that rejects TIME in scripts).
-    #[arg(
-        long,
-        env = "REDLINE_RATELIMIT_TIME_MODE",
-        value_enum,
-        default_value = "redis"
-    )]
-    pub time_mode: TimeMode,
+    #[arg(long, env = "REDLINE_RATELIMIT_TIME_MODE", default_value = "redis")]
+    pub time_mode: String,
     /// Most counters kept in process memory by `local` limits during an outage.
     #[arg(
         long,
         env = "REDLINE_RATELIMIT_LOCAL_MAX_KEYS",
-        default_value_t = 100_000
+        default_value = "100000"
     )]
-    pub local_max_keys: usize,
+    pub local_max_keys: String,
     /// How often the rule file is checked for changes.
-    #[arg(
-        long,
-        env = "REDLINE_RATELIMIT_WATCH_INTERVAL_MS",
-        default_value_t = 1000
-    )]
-    pub watch_interval_ms: u64,
-    /// After SIGTERM, how long to keep serving while readiness reports NOT_SERVING, so load balancers and
-    /// Kubernetes endpoints stop sending new calls before the listener closes (a preStop pause without a
-    /// shell), such as `5s`.
-    #[arg(long, env = "REDLINE_SHUTDOWN_DELAY", default_value = "0s", value_parser = redline_runtime::parse_duration)]
-    pub shutdown_delay: Duration,
-    /// Do not serve gRPC reflection (it publishes the whole schema; production overlays turn it off).
-    #[arg(long, env = "REDLINE_DISABLE_REFLECTION")]
+    #[arg(long, env = "REDLINE_RATELIMIT_WATCH_INTERVAL", default_value = "1s")]
+    pub watch_interval: String,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self::parse_from(["redline-ratelimit"])
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// Admin port and shutdown drain.
+    pub server: ServerConfig,
+    /// Serve no gRPC reflection.
     pub disable_reflection: bool,
+    /// Rule file or directory.
+    pub config: Option<PathBuf>,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// Decision budget.
+    pub timeout: Duration,
+    /// Clock of the scripts.
+    pub time_mode: TimeMode,
+    /// Bound of the in-memory fallback.
+    pub local_max_keys: usize,
+    /// Rule file polling period.
+    pub watch_interval: Duration,
 }
 
 impl Config {
-    /// Checks everything clap cannot, reporting every problem at once.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
-        if self.timeout_ms == 0 {
-            problems.push("--timeout-ms must be at least 1".to_owned());
+    /// Validates flags, falling back to `env`; reports every problem at once, a rule file's included.
+    pub fn from_args(args: Args, env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let listen = errors.socket("listen", &args.listen);
+        let redis = args.redis.resolve(env, &mut errors);
+        if let Err(e) = fred::types::config::Config::from_url(redis.url.expose()) {
+            errors.push(format!("{} {}: {e}", redis.source, redis.url));
         }
-        if let Err(e) = KeySpace::new(&self.key_prefix) {
-            problems.push(format!("--key-prefix: {e}"));
+        let server = args.server.resolve(&mut errors);
+        if let Err(e) = KeySpace::new(&args.key_prefix) {
+            errors.push(format!("--key-prefix: {e}"));
         }
-        if let Err(e) = fred::types::config::Config::from_url(&self.redis_url) {
-            problems.push(format!(
-                "--redis-url {}: {e}",
-                redline_runtime::redact_url(&self.redis_url)
-            ));
-        }
-        if self.watch_interval_ms == 0 {
-            problems.push("--watch-interval-ms must be at least 1".to_owned());
-        }
-        if let Some(path) = &self.config
+        let timeout = errors.duration_of("timeout", &args.timeout, true);
+        let watch_interval = errors.duration_of("watch-interval", &args.watch_interval, true);
+        let time_mode = match args.time_mode.as_str() {
+            "redis" => TimeMode::Redis,
+            "client" => TimeMode::Client,
+            other => {
+                errors.push(format!("--time-mode: '{other}' is not redis or client"));
+                TimeMode::Redis
+            }
+        };
+        let local_max_keys = args.local_max_keys.parse::<usize>().unwrap_or_else(|_| {
+            errors.push("--local-max-keys: must be a number");
+            100_000
+        });
+        if let Some(path) = &args.config
             && let Err(e) = RuleSet::load(path)
         {
-            problems.push(format!("--config: {e}"));
+            errors.push(format!("--config: {e}"));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
-    }
-
-    /// The decision timeout.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
+        errors.finish(Self {
+            listen,
+            redis,
+            server,
+            disable_reflection: args.grpc.disable_reflection,
+            config: args.config,
+            key_prefix: args.key_prefix,
+            timeout,
+            time_mode,
+            local_max_keys,
+            watch_interval,
+        })
     }
 }
 
@@ -164,6 +193,9 @@ pub enum RunError {
     /// The admin port could not be opened.
     #[error(transparent)]
     Admin(#[from] redline_runtime::admin::AdminError),
+    /// Redis may evict keys.
+    #[error(transparent)]
+    Eviction(#[from] redline_runtime::redis::EvictionPolicyError),
 }
 
 /// Health names probed by Kubernetes and clients.
@@ -184,29 +216,38 @@ pub async fn run(
         None => RuleSet::default(),
     };
     let keys = KeySpace::new(&config.key_prefix)?;
-    let client = store::redis::connect(&config.redis_url, config.timeout())?;
+    let client = store::redis::connect(config.redis.url.expose(), config.timeout)?;
     tracing::info!(
-        redis = %redline_runtime::redact_url(&config.redis_url),
+        redis = %config.redis.url,
         listen = ?listener.local_addr().ok(),
         rules = rules.list().len(),
-        timeout_ms = config.timeout_ms,
+        timeout = ?config.timeout,
         time_mode = ?config.time_mode,
         "rate-limit service starting"
     );
-    let store = RedisStore::new(client.clone(), config.time_mode, config.timeout());
+    let store = RedisStore::new(client.clone(), config.time_mode, config.timeout);
     // The listener is already bound: callers that connect meanwhile wait in the backlog, and then get
     // decisions from Redis rather than failure-mode answers from a client still connecting.
     if !store.warm_up(Duration::from_secs(2)).await {
         tracing::warn!(
             "redis not reachable at start-up; limits follow their failure modes until it is"
         );
+    } else if !config.redis.allow_evicting {
+        // Evicted counters would forget limits early. An unreachable Redis is not refused: limits follow
+        // their failure modes until it answers.
+        match redline_runtime::redis::check_eviction_policy(&client).await {
+            Err(e @ redline_runtime::redis::EvictionPolicyError::Evicting(_)) => {
+                return Err(e.into());
+            }
+            Err(redline_runtime::redis::EvictionPolicyError::Unreachable(_)) | Ok(()) => {}
+        }
     }
     let limiter = Arc::new(Limiter::new(
         rules,
         config.config.clone(),
         keys,
         Arc::new(store.clone()),
-        config.timeout(),
+        config.timeout,
         config.local_max_keys,
     ));
 
@@ -216,7 +257,7 @@ pub async fn run(
         .await;
     let tasks = shutdown.child_token();
     let readiness = redline_runtime::admin::Readiness::default();
-    if let Some(addr) = config.metrics_listen {
+    if let Some(addr) = config.server.metrics_listen {
         redline_runtime::admin::spawn(addr, readiness.clone(), None, tasks.clone()).await?;
     }
     tokio::spawn(probe_redis(
@@ -230,7 +271,7 @@ pub async fn run(
         tokio::spawn(watch_rules(
             path,
             limiter.clone(),
-            Duration::from_millis(config.watch_interval_ms),
+            config.watch_interval,
             tasks.clone(),
         ));
     }
@@ -238,6 +279,10 @@ pub async fn run(
     let reflection = redline_runtime::grpc::reflection(
         config.disable_reflection,
         &[redline_proto::FILE_DESCRIPTOR_SET],
+        &[
+            "redline.ratelimit.v1.RateLimitService",
+            "envoy.service.ratelimit.v3.RateLimitService",
+        ],
     )?;
 
     // Cancelled when the listener closes: CheckStream calls end then, letting the drain finish.
@@ -248,14 +293,14 @@ pub async fn run(
             health.clone(),
             &READINESS_NAMES,
             shutdown.clone(),
-            config.shutdown_delay,
+            config.server.shutdown_delay,
         );
         async move {
             drain.await;
             closing.cancel();
         }
     };
-    let result = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         // A span per call that can be followed (the caller traces, or spans are exported), parented on the
         // caller's `traceparent`; other decisions skip a span's cost.
         .trace_fn(redline_runtime::telemetry::followed_grpc_server_span)
@@ -271,8 +316,15 @@ pub async fn run(
             // TCP_NODELAY, Nagle's algorithm holds small HTTP/2 frames back and adds milliseconds per decision.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             drained,
-        )
-        .await;
+        );
+    let result = redline_runtime::grpc::with_drain_deadline(
+        serve,
+        &shutdown,
+        config.server.shutdown_delay,
+        config.server.shutdown_grace,
+    )
+    .await
+    .unwrap_or(Ok(()));
     tasks.cancel();
     let _ = client.quit().await;
     tracing::info!("rate-limit service stopped");

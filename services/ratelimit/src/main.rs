@@ -1,52 +1,27 @@
-//! `redline-ratelimit`: wiring only (tracing → config → bind → run until a signal).
+//! `redline-ratelimit`: RateLimitService. Wiring only: telemetry, configuration, listener, run until a signal.
 
 /// Every binary allocates through mimalloc: see the workspace manifest for why.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-use redline_ratelimit::Config;
-use redline_runtime::{EXIT_USAGE, shutdown_on_signal};
+use std::process::ExitCode;
+
+use redline_ratelimit::{Args, Config};
+use redline_runtime::{ProcessEnv, config};
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let telemetry = redline_runtime::telemetry::init("redline-ratelimit");
-    let config = match Config::try_parse() {
-        Ok(config) => config,
-        Err(e) if e.use_stderr() => {
-            let _ = e.print();
-            return exit_usage();
-        }
-        Err(e) => {
-            // --help and --version.
-            let _ = e.print();
-            return std::process::ExitCode::SUCCESS;
-        }
-    };
-    if let Err(problems) = config.validate() {
-        for p in problems {
-            eprintln!("error: {p}");
-        }
-        return exit_usage();
-    }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", config.listen);
-            return exit_usage();
-        }
-    };
-    let result = redline_ratelimit::run(config, listener, shutdown_on_signal()).await;
+    let code = run().await.unwrap_or_else(|code| code);
     telemetry.shutdown();
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "rate-limit service failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    code
 }
 
-fn exit_usage() -> std::process::ExitCode {
-    std::process::ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(64))
+async fn run() -> Result<ExitCode, ExitCode> {
+    let args = config::parse_args::<Args>()?;
+    let config = config::valid(Config::from_args(args, &ProcessEnv))?;
+    let listener = config::bind(config.listen).await?;
+    let shutdown = redline_runtime::shutdown_on_signal();
+    let result = redline_ratelimit::run(config, listener, shutdown).await;
+    Ok(config::finish("RateLimitService", result))
 }

@@ -32,13 +32,13 @@ pub use config::Config;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub enum RunError {
     /// Redis configuration unusable.
     #[error("redis: {0}")]
     Redis(#[from] redline_taskqueue::StoreError),
     /// Redis may evict keys.
     #[error(transparent)]
-    Eviction(#[from] connect::EvictionPolicyError),
+    Eviction(#[from] redline_runtime::redis::EvictionPolicyError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -59,15 +59,17 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), ServeError> {
+) -> Result<(), RunError> {
     let options = RedisOptions::default();
-    let client = connect::client(&config.redis_url, &options)?;
-    let subscriber = connect::subscriber(&config.redis_url, &options)?;
-    if !config.allow_evicting_redis {
+    let client = connect::client(config.redis.url.expose(), &options)?;
+    let subscriber = connect::subscriber(config.redis.url.expose(), &options)?;
+    if !config.redis.allow_evicting {
         // Only refuse on a definite answer; an unreachable Redis is checked again when it comes back.
-        match connect::check_eviction_policy(&client).await {
-            Err(e @ connect::EvictionPolicyError::Evicting(_)) => return Err(e.into()),
-            Err(connect::EvictionPolicyError::Unreachable(e)) => {
+        match redline_runtime::redis::check_eviction_policy(&client).await {
+            Err(e @ redline_runtime::redis::EvictionPolicyError::Evicting(_)) => {
+                return Err(e.into());
+            }
+            Err(redline_runtime::redis::EvictionPolicyError::Unreachable(e)) => {
                 tracing::warn!(error = %e, "redis unreachable at start-up; serving NOT_SERVING until it answers")
             }
             Ok(()) => {}
@@ -102,7 +104,7 @@ pub async fn run(
             .await;
     }
     let readiness = redline_runtime::admin::Readiness::default();
-    if let Some(addr) = config.metrics_listen {
+    if let Some(addr) = config.server.metrics_listen {
         redline_runtime::admin::spawn(
             addr,
             readiness.clone(),
@@ -121,6 +123,7 @@ pub async fn run(
     let reflection = redline_runtime::grpc::reflection(
         config.disable_reflection,
         &[redline_proto::FILE_DESCRIPTOR_SET],
+        &["redline.tasks.v1.TaskService"],
     )?;
 
     let limits = grpc::Limits {
@@ -137,7 +140,7 @@ pub async fn run(
         health.clone(),
         &READINESS,
         shutdown.clone(),
-        config.shutdown_delay,
+        config.server.shutdown_delay,
     );
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -149,15 +152,15 @@ pub async fn run(
         // TCP_NODELAY: without it, Nagle's algorithm holds small responses (stream messages, replies that
         // follow a multi-segment request) for the peer's delayed ACK, adding ~40 ms.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
-    let grace = config.shutdown_grace;
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(config.shutdown_delay + grace).await } => {
-            tracing::warn!(?grace, "drain deadline reached; closing remaining connections");
-        }
-    }
+    let result = redline_runtime::grpc::with_drain_deadline(
+        serve,
+        &shutdown,
+        config.server.shutdown_delay,
+        config.server.shutdown_grace,
+    )
+    .await;
     background.cancel();
+    result.unwrap_or(Ok(()))?;
     Ok(())
 }
 

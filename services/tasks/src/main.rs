@@ -1,40 +1,29 @@
-//! `redline-tasks`: the TaskService gRPC server.
+//! `redline-tasks`: the TaskService gRPC server. Wiring only: telemetry, configuration, listener, run until a
+//! signal.
 
 /// Every binary allocates through mimalloc: see the workspace manifest for why.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-use redline_runtime::{EXIT_USAGE, ProcessEnv};
+use std::process::ExitCode;
+
+use redline_runtime::{ProcessEnv, config};
 use redline_tasks::config::{Args, Config};
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let telemetry = redline_runtime::telemetry::init("redline-tasks");
-    let config = match Config::from_args(Args::parse(), &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(EXIT_USAGE);
-        }
-    };
-    tracing::info!(
-        redis = %redline_runtime::redact_url(&config.redis_url),
-        from = config.redis_url_source,
-        "configuration loaded"
-    );
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(addr = %config.listen, error = %e, "cannot listen");
-            std::process::exit(1);
-        }
-    };
+    let code = run().await.unwrap_or_else(|code| code);
+    telemetry.shutdown();
+    code
+}
+
+async fn run() -> Result<ExitCode, ExitCode> {
+    let args = config::parse_args::<Args>()?;
+    let config = config::valid(Config::from_args(args, &ProcessEnv))?;
+    tracing::info!(redis = %config.redis.url, from = config.redis.source, "configuration loaded");
+    let listener = config::bind(config.listen).await?;
     let shutdown = redline_runtime::shutdown_on_signal();
     let result = redline_tasks::run(config, listener, shutdown).await;
-    telemetry.shutdown();
-    if let Err(e) = result {
-        tracing::error!(error = %e, "TaskService stopped");
-        std::process::exit(1);
-    }
+    Ok(config::finish("TaskService", result))
 }

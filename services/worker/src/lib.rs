@@ -55,13 +55,13 @@ pub fn registry_for(config: &Config) -> Registry {
 
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum RunError {
     /// The Redis URL is unusable.
     #[error("redis: {0}")]
     Redis(#[from] redline_taskqueue::StoreError),
     /// Redis may evict keys.
     #[error(transparent)]
-    Eviction(#[from] connect::EvictionPolicyError),
+    Eviction(#[from] redline_runtime::redis::EvictionPolicyError),
     /// The admin port could not be opened.
     #[error(transparent)]
     Admin(#[from] redline_runtime::admin::AdminError),
@@ -72,13 +72,13 @@ pub async fn run(
     config: Config,
     registry: Registry,
     shutdown: CancellationToken,
-) -> Result<WorkerReport, StartError> {
+) -> Result<WorkerReport, RunError> {
     let options = RedisOptions::default();
-    let client = connect::client(&config.redis_url, &options)?;
-    let subscriber = connect::subscriber(&config.redis_url, &options)?;
-    if !config.allow_evicting_redis {
+    let client = connect::client(config.redis.url.expose(), &options)?;
+    let subscriber = connect::subscriber(config.redis.url.expose(), &options)?;
+    if !config.redis.allow_evicting {
         wait_for_redis(&client, &shutdown).await;
-        connect::check_eviction_policy(&client).await?;
+        redline_runtime::redis::check_eviction_policy(&client).await?;
     }
     let store = TaskStore::new(
         client,

@@ -1,37 +1,31 @@
-//! `redline-worker`: runs redline background tasks.
+//! `redline-worker`: runs redline background tasks. Wiring only: telemetry, configuration, run until a signal.
 
 /// Every binary allocates through mimalloc: see the workspace manifest for why.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-use redline_runtime::{EXIT_USAGE, ProcessEnv};
+use std::process::ExitCode;
+
+use redline_runtime::{ProcessEnv, config};
 use redline_worker::config::{Args, Config};
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let telemetry = redline_runtime::telemetry::init("redline-worker");
-    let config = match Config::from_args(Args::parse(), &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(EXIT_USAGE);
-        }
-    };
-    tracing::info!(
-        redis = %redline_runtime::redact_url(&config.redis_url),
-        from = config.redis_url_source,
-        "configuration loaded"
-    );
+    let code = run().await.unwrap_or_else(|code| code);
+    telemetry.shutdown();
+    code
+}
+
+async fn run() -> Result<ExitCode, ExitCode> {
+    let args = config::parse_args::<Args>()?;
+    let config = config::valid(Config::from_args(args, &ProcessEnv))?;
+    tracing::info!(redis = %config.redis.url, from = config.redis.source, "configuration loaded");
     let shutdown = redline_runtime::shutdown_on_signal();
     let registry = redline_worker::registry_for(&config);
     let result = redline_worker::run(config, registry, shutdown).await;
-    telemetry.shutdown();
-    match result {
-        Ok(report) => tracing::info!(?report, "worker stopped"),
-        Err(e) => {
-            tracing::error!(error = %e, "worker failed to start");
-            std::process::exit(1);
-        }
-    }
+    Ok(config::finish(
+        "worker",
+        result.map(|report| tracing::info!(?report, "worker stopped")),
+    ))
 }

@@ -2,13 +2,14 @@
 --
 -- KEYS[1] {ns}:t:<id>  the task record
 -- KEYS[2] {ns}:done    ZSET terminal tasks
--- ARGV[1] namespace, ARGV[2] task id, ARGV[3] result ttl s
+-- ARGV[1] namespace, ARGV[2] task id, ARGV[3] default result ttl s
 -- Returns {outcome, state}: outcome is 'cancelled' (removed from its queue or schedule), 'requested' (running:
 -- its worker was told), 'terminal' (already ended; state says how) or 'missing'.
 --
 -- Why one script: a queued task must leave its queue and become cancelled in one step, or a worker could
 -- claim it in between and run a task its submitter cancelled.
-local id, result_ttl = ARGV[2], tonumber(ARGV[3])
+local id = ARGV[2]
+local result_ttl = retention(tonumber(ARGV[3]), 0)
 local key = KEYS[1]
 local r = redis.call('HMGET', key, 'state', 'queue', 'prio', 'worker')
 local state, q = r[1], r[2]

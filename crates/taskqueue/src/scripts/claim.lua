@@ -4,7 +4,7 @@
 -- KEYS[2] {ns}:w:<wid>:active  SET ids this worker holds
 -- KEYS[3] {ns}:stats           HASH global counters
 -- ARGV[1] namespace, ARGV[2] worker id, ARGV[3] max tasks, ARGV[4] lease ms, ARGV[5] max recoveries,
--- ARGV[6] result ttl s, ARGV[7] dead-letter ttl s, ARGV[8..] queue names in the worker's order
+-- ARGV[6] default result ttl s, ARGV[7] default dead-letter ttl s, ARGV[8..] queue names in the worker's order
 -- Returns {1, next_wake_ms, n, then 12 fields per task} or {-1} when this worker's lease was lost.
 --
 -- Why one script: popping an id and marking it running under this worker's lease must be indivisible —
@@ -14,7 +14,8 @@
 -- scheduler or reaper process to run, fail or elect: every idle worker wakes up by the time the next
 -- scheduled task or lease is due (next_wake_ms) and performs it.
 local wid, max, lease = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local max_recoveries, result_ttl, dead_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_recoveries = tonumber(ARGV[5])
+local result_ttl, dead_ttl = retention(tonumber(ARGV[6]), tonumber(ARGV[7]))
 local queues = {}
 for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
 local now_micros = now_us()

@@ -22,6 +22,14 @@ local function stats_key(q) return NS .. ':stats:' .. q end
 local function active_key(wid) return NS .. ':w:' .. wid .. ':active' end
 local function worker_key(wid) return NS .. ':w:' .. wid end
 
+-- Retention of finished records, in seconds: what TaskService configured ({ns}:settings, written by every
+-- replica at start and every few seconds), else the caller's defaults. The service that answers for results
+-- decides how long they are kept, not each worker's own flags.
+local function retention(result_ttl, dead_ttl)
+  local s = redis.call('HMGET', NS .. ':settings', 'result_ttl', 'dead_letter_ttl')
+  return tonumber(s[1]) or result_ttl, tonumber(s[2]) or dead_ttl
+end
+
 -- Tells watchers (WatchTask) that a task changed; they re-read the record. PUBLISH to a channel nobody
 -- listens on costs one dictionary lookup, so this stays on the hot path.
 local function task_event(id, what) redis.call('PUBLISH', NS .. ':ev:' .. id, what) end

@@ -4,7 +4,7 @@
 -- KEYS[2] {ns}:dead            ZSET dead-letter index (failed for good), id -> failed at ms
 -- KEYS[3] {ns}:done            ZSET terminal tasks, id -> completed at ms
 -- KEYS[4] {ns}:stats           HASH global counters
--- ARGV[1] namespace, ARGV[2] worker id, ARGV[3] result ttl s, ARGV[4] dead-letter ttl s,
+-- ARGV[1] namespace, ARGV[2] worker id, ARGV[3] default result ttl s, ARGV[4] default dead-letter ttl s,
 -- ARGV[5] dead-letter cap, ARGV[6] count, then 5 fields per outcome:
 --   task id, fence, kind (ok | retry | fail | cancelled | requeue), payload (result json or error), delay ms
 -- Returns, per outcome: the resulting state, or 'stale' when the fence no longer matches.
@@ -14,7 +14,8 @@
 -- attempt. A stale completion changes nothing but a counter. Batching outcomes amortises the round trip when
 -- a worker finishes many short tasks.
 local wid = ARGV[2]
-local result_ttl, dead_ttl, dead_cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local result_ttl, dead_ttl = retention(tonumber(ARGV[3]), tonumber(ARGV[4]))
+local dead_cap = tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
 local now_micros = now_us()
 local now = math.floor(now_micros / 1000)

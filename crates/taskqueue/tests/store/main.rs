@@ -749,3 +749,42 @@ async fn default_budget_and_limit_are_not_stored_but_enforced() {
     })
     .await;
 }
+
+/// TaskService's retention governs records that workers finish: a worker's store keeps the default result TTL
+/// of a day, yet the record of the task it completes expires after the 60 s TaskService set.
+#[tokio::test]
+async fn the_retention_task_service_sets_governs_completions() {
+    let f = fixture().await;
+    let client = connect::client(&f.redis.url(), &RedisOptions::default()).unwrap();
+    client.wait_for_connect().await.unwrap();
+    let service = TaskStore::new(
+        client,
+        QueueConfig {
+            result_ttl: Duration::from_secs(60),
+            ..QueueConfig::default()
+        },
+    );
+    service.publish_settings().await.unwrap();
+    let t = submit_one(&f.store, NewTask::new("redline.noop", DEFAULT_QUEUE)).await;
+    register(&f.store, "w1").await;
+    let claimed = claim(&f.store, "w1", 1).await;
+    let outcomes = f
+        .store
+        .complete(
+            "w1",
+            &[Completion {
+                id: claimed[0].id.clone(),
+                fence: claimed[0].fence,
+                outcome: Outcome::Succeeded(serde_json::Value::Null),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Completed::Applied(TaskState::Succeeded)]);
+    let ttl: i64 = f
+        .redis
+        .cli(&["TTL", &f.store.keys().task(&t.id)])
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&ttl), "ttl {ttl}");
+}

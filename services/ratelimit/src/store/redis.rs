@@ -17,7 +17,7 @@ use super::{
 use crate::limits::Mode;
 
 /// Where the scripts take the current time from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeMode {
     /// Redis `TIME` inside the script: one clock for every instance (default).
     Redis,

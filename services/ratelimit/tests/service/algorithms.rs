@@ -327,7 +327,7 @@ proptest! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_clients_never_over_admit() {
     let redis = RedisServer::start();
-    let service = Service::start(&redis.url(), &["--timeout-ms", "2000"]).await;
+    let service = Service::start(&redis.url(), &["--timeout", "2000ms"]).await;
     for algorithm in [
         pb::Algorithm::FixedWindow,
         pb::Algorithm::SlidingWindow,

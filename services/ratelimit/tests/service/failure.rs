@@ -59,7 +59,7 @@ async fn each_failure_mode_behaves_as_specified_and_service_resumes() {
     let path = rule_file(dir.path(), RULES);
     let service = Service::start(
         &redis.url(),
-        &["--config", path.to_str().unwrap(), "--timeout-ms", "50"],
+        &["--config", path.to_str().unwrap(), "--timeout", "50ms"],
     )
     .await;
     let mut client = service.client().await;
@@ -235,7 +235,7 @@ async fn a_stalled_redis_costs_a_decision_at_most_the_timeout() {
     let path = rule_file(dir.path(), RULES);
     let service = Service::start(
         &redis.url(),
-        &["--config", path.to_str().unwrap(), "--timeout-ms", "100"],
+        &["--config", path.to_str().unwrap(), "--timeout", "100ms"],
     )
     .await;
     let mut client = service.client().await;
@@ -294,14 +294,16 @@ async fn a_stalled_redis_costs_a_decision_at_most_the_timeout() {
 async fn the_first_decision_after_start_comes_from_redis() {
     use clap::Parser as _;
     let redis = RedisServer::start();
-    let config = redline_ratelimit::Config::try_parse_from([
+    let args = redline_ratelimit::Args::try_parse_from([
         "redline-ratelimit",
         "--redis-url",
         &redis.url(),
         "--key-prefix",
         "first:rl",
     ])
-    .expect("config");
+    .expect("flags");
+    let no_env = std::collections::HashMap::<String, String>::new();
+    let config = redline_ratelimit::Config::from_args(args, &no_env).expect("config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();

@@ -8,7 +8,7 @@ use clap::Parser;
 use redline_proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient as EnvoyClient;
 use redline_proto::redline::ratelimit::v1 as pb;
 use redline_proto::redline::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
-use redline_ratelimit::Config;
+use redline_ratelimit::{Args, Config};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -29,16 +29,18 @@ impl Service {
             redis_url,
             "--key-prefix",
             &prefix,
-            "--watch-interval-ms",
-            "100",
+            "--watch-interval",
+            "100ms",
         ];
         // Functional tests are not about latency: a generous decision timeout keeps them stable on a loaded
         // machine. Tests about timeouts pass their own.
-        if !extra.contains(&"--timeout-ms") {
-            args.extend_from_slice(&["--timeout-ms", "2000"]);
+        if !extra.contains(&"--timeout") {
+            args.extend_from_slice(&["--timeout", "2000ms"]);
         }
         args.extend_from_slice(extra);
-        let config = Config::try_parse_from(args).expect("config");
+        let args = Args::try_parse_from(args).expect("flags");
+        let no_env = std::collections::HashMap::<String, String>::new();
+        let config = Config::from_args(args, &no_env).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();

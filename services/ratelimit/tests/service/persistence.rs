@@ -132,8 +132,8 @@ fn invalid_configuration_exits_64_listing_every_problem() {
         .args([
             "--listen",
             "127.0.0.1:0",
-            "--timeout-ms",
-            "0",
+            "--timeout",
+            "0s",
             "--key-prefix",
             "a{b",
         ])
@@ -144,7 +144,7 @@ fn invalid_configuration_exits_64_listing_every_problem() {
         .expect("service binary");
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in ["--timeout-ms", "--key-prefix", "fortnight"] {
+    for expected in ["--timeout", "--key-prefix", "fortnight"] {
         assert!(
             stderr.contains(expected),
             "{expected} missing from {stderr}"

@@ -534,11 +534,15 @@ async fn reflection_can_be_turned_off() {
     let redis = RedisServer::start();
     for disabled in [false, true] {
         let stop = CancellationToken::new();
-        let args = Args {
-            redis_url: Some(redis.url()),
-            disable_reflection: disabled,
-            ..Args::default()
-        };
+        let mut flags = vec![
+            "redline-tasks".to_owned(),
+            "--redis-url".to_owned(),
+            redis.url(),
+        ];
+        if disabled {
+            flags.push("--disable-reflection".to_owned());
+        }
+        let args = <Args as clap::Parser>::parse_from(flags);
         let config = Config::from_args(args, &HashMap::new()).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
