@@ -42,6 +42,14 @@ pub struct DecisionStreams {
     next: AtomicUsize,
 }
 
+impl std::fmt::Debug for DecisionStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionStreams")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DecisionStreams {
     /// Lanes over `backend`'s connections; nothing is connected until the first decision.
     pub fn new(backend: crate::Backend) -> Self {

@@ -84,13 +84,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+}
 
+impl From<tonic::Status> for ApiError {
     /// Maps a TaskService status. `Task not found` keeps the original's text; errors produced by the client
-    /// side of the call (no connection, local deadline) are 503, since the backend, not the client, failed.
-    pub fn from_grpc(status: &tonic::Status) -> Self {
-        let local_timeout =
-            status.code() == Code::Cancelled && status.message().contains("Timeout expired");
-        if local_timeout {
+    /// side of the call (no connection, the gateway's own deadline) are 503, since the backend, not the
+    /// client, failed.
+    fn from(status: tonic::Status) -> Self {
+        // CANCELLED is what tonic reports when the call's own deadline (`--grpc-timeout`) expires: the
+        // gateway cancels nothing else, and a client that hangs up drops the call instead.
+        if status.code() == Code::Cancelled {
             return Self::unavailable("Task service did not answer in time");
         }
         if status.code() == Code::Unavailable {
@@ -105,7 +108,6 @@ impl ApiError {
             status.message().to_owned()
         };
         let mut err = Self::new(http_status(status.code()), status.code(), error);
-        err.error = err.error.clone();
         if let Some(bad) = status.get_details_bad_request() {
             let violations: Vec<Value> = bad
                 .field_violations
@@ -171,7 +173,7 @@ mod tests {
 
     #[test]
     fn local_timeout_is_503() {
-        let e = ApiError::from_grpc(&tonic::Status::cancelled("Timeout expired"));
+        let e = ApiError::from(tonic::Status::cancelled("Timeout expired"));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -53,6 +53,14 @@ pub struct AppState {
     pub serving: redline_runtime::admin::Readiness,
 }
 
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A few HTTP/2 connections to one backend, taken in turn by successive calls.
 ///
 /// One connection is one TCP stream: behind a Kubernetes ClusterIP Service it reaches a single pod. Several
@@ -63,6 +71,14 @@ pub struct AppState {
 pub struct Backend {
     channels: Arc<[Channel]>,
     next: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("connections", &self.channels.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Backend {

@@ -62,6 +62,16 @@ pub struct RateLimiter {
     local: MemoryStore,
 }
 
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("timeout", &self.timeout)
+            .field("failure_mode", &self.failure_mode)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
 fn duration(d: Option<prost_types::Duration>) -> Duration {
     d.map_or(Duration::ZERO, |d| {
         Duration::try_from(d).unwrap_or(Duration::ZERO)

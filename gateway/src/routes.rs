@@ -433,8 +433,7 @@ async fn submit_task(
                 ..Default::default()
             },
         ))
-        .await
-        .map_err(|s| ApiError::from_grpc(&s))?
+        .await?
         .into_inner();
     Ok(
         Json(json!({"task_id": resp.task_id, "status": "submitted", "message": message}))
@@ -552,8 +551,7 @@ async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> A
     let mut tasks = state.tasks();
     let resp = tasks
         .get_task(call(&state, pb::GetTaskRequest { task_id }))
-        .await
-        .map_err(|s| ApiError::from_grpc(&s))?
+        .await?
         .into_inner();
     let task = resp.task.ok_or_else(ApiError::task_not_found)?;
     Ok(Json(task_json(&task)).into_response())
@@ -565,8 +563,7 @@ async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> A
     let mut tasks = state.tasks();
     let r = tasks
         .get_task_result(call(&state, pb::GetTaskResultRequest { task_id }))
-        .await
-        .map_err(|s| ApiError::from_grpc(&s))?
+        .await?
         .into_inner();
     let failed = matches!(
         pb::TaskState::try_from(r.state),
@@ -594,8 +591,7 @@ async fn cancel(State(state): State<AppState>, Path(task_id): Path<String>) -> A
                 task_id: task_id.clone(),
             },
         ))
-        .await
-        .map_err(|s| ApiError::from_grpc(&s))?;
+        .await?;
     Ok(Json(json!({"message": format!("Task {task_id} cancelled successfully")})).into_response())
 }
 
@@ -624,8 +620,7 @@ async fn list(
                 ..Default::default()
             },
         ))
-        .await
-        .map_err(|s| ApiError::from_grpc(&s))?
+        .await?
         .into_inner();
     let items: Vec<Value> = r.tasks.iter().map(task_json).collect();
     Ok(Json(json!({"tasks": items, "total": items.len(), "filter": filter})).into_response())
@@ -678,9 +673,7 @@ async fn stats_and_workers(
 }
 
 async fn queue_stats(State(state): State<AppState>) -> ApiResult {
-    let (s, w) = stats_and_workers(&state)
-        .await
-        .map_err(|s| ApiError::from_grpc(&s))?;
+    let (s, w) = stats_and_workers(&state).await?;
     Ok(Json(stats_json(&s, &w)).into_response())
 }
 
@@ -764,8 +757,7 @@ async fn cleanup(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     let mut tasks = state.tasks();
     tasks
         .cleanup_tasks(call(&state, pb::CleanupTasksRequest { days: Some(days) }))
-        .await
-        .map_err(|s| ApiError::from_grpc(&s))?;
+        .await?;
     Ok(
         Json(json!({"message": format!("Cleaned up tasks older than {days} days")}))
             .into_response(),

@@ -149,6 +149,15 @@ pub struct Pipeline {
     pending_rows: usize,
 }
 
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("select", &self.select)
+            .field("pending_rows", &self.pending_rows)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pipeline {
     /// A pipeline for an input carrying the canonical columns named in `present`.
     pub fn new(options: &ConvertOptions, present: &[&str]) -> Result<Self, DataError> {

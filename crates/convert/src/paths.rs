@@ -115,6 +115,15 @@ pub struct OutputFile {
     overwrite: bool,
 }
 
+impl std::fmt::Debug for OutputFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputFile")
+            .field("dest", &self.dest)
+            .field("overwrite", &self.overwrite)
+            .finish_non_exhaustive()
+    }
+}
+
 // === impl OutputFile ===
 
 impl OutputFile {

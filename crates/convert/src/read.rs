@@ -93,6 +93,15 @@ pub struct Source {
     rows: u64,
 }
 
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("file", &self.file)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Source {
     /// Opens `path` as `format`. `name` identifies the file in errors (the caller's relative name).
     pub fn open(

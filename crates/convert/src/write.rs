@@ -30,6 +30,14 @@ pub struct TextSink {
     any_record: bool,
 }
 
+impl std::fmt::Debug for TextSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextSink")
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TextSink {
     /// The format being written.
     pub fn format(&self) -> Format {
@@ -123,6 +131,16 @@ pub enum Sink {
     Parquet(Box<ArrowWriter<OutputFile>>),
     /// Arrow IPC file (feather v2, arrow).
     Ipc(Box<arrow::ipc::writer::FileWriter<OutputFile>>),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sink::Text(_) => "Sink::Text",
+            Sink::Parquet(_) => "Sink::Parquet",
+            Sink::Ipc(_) => "Sink::Ipc",
+        })
+    }
 }
 
 impl Sink {

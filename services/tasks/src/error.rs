@@ -1,4 +1,6 @@
-//! Errors of TaskService and their one mapping to gRPC status codes.
+//! Errors of TaskService and their one mapping to gRPC status codes, with the one place failures are logged.
+
+use std::sync::Arc;
 
 use redline_catalog::FieldViolation;
 use redline_taskqueue::StoreError;
@@ -19,18 +21,24 @@ pub enum ServiceError {
     /// No such task (never submitted, cleaned up, or expired).
     #[error("task {0} not found")]
     NotFound(String),
+    /// A watched task's record expired.
+    #[error("task {0} expired")]
+    Expired(String),
     /// The task is not in a state that allows the operation.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// Redis is unreachable or timed out.
-    #[error("task store unavailable: {0}")]
-    Unavailable(String),
+    /// Redis is unreachable or could not take the command now: retry later.
+    #[error("task store unavailable")]
+    Unavailable(#[source] Arc<StoreError>),
     /// The service is shutting down.
     #[error("shutting down")]
     ShuttingDown,
-    /// A bug or an unexpected reply from Redis.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A bug, or a reply from Redis this version does not understand.
+    #[error("task store failed")]
+    Internal(#[source] Arc<StoreError>),
+    /// The submission batcher is gone (the service is stopping).
+    #[error("the submitter stopped")]
+    SubmitterStopped,
 }
 
 impl ServiceError {
@@ -58,21 +66,24 @@ impl ServiceError {
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
-            StoreError::Protocol(_) | StoreError::Redis(_) => Self::Internal(e.to_string()),
+        Arc::new(e).into()
+    }
+}
+
+impl From<Arc<StoreError>> for ServiceError {
+    fn from(e: Arc<StoreError>) -> Self {
+        match &*e {
+            StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::Protocol(_) | StoreError::Redis(_) => Self::Internal(e),
             StoreError::BadCursor => Self::invalid("page_token", e.to_string()),
         }
     }
 }
 
-impl From<ServiceError> for Status {
-    fn from(e: ServiceError) -> Self {
-        // Every handler's error leaves through here, so this is where server-side failures are logged;
-        // a client's mistakes are answered, not logged.
-        if let ServiceError::Unavailable(cause) | ServiceError::Internal(cause) = &e {
-            tracing::warn!(%cause, "request failed");
-        }
+/// The status of each error. Exhaustive: a new variant needs its own decision. Private, so that every
+/// handler's error leaves through [`fail`].
+fn status(e: ServiceError) -> Status {
+    {
         match e {
             ServiceError::Invalid {
                 message,
@@ -87,14 +98,34 @@ impl From<ServiceError> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             ServiceError::NotFound(id) => Status::not_found(format!("task {id} not found")),
+            ServiceError::Expired(id) => Status::not_found(format!("task {id} expired")),
             ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
             // UNAVAILABLE tells clients (and the gateway: 503) that retrying later is the right move.
             ServiceError::Unavailable(_) => {
                 Status::unavailable("task store unavailable; retry later")
             }
-            ServiceError::ShuttingDown => Status::unavailable("server shutting down"),
+            ServiceError::ShuttingDown | ServiceError::SubmitterStopped => {
+                Status::unavailable("server shutting down")
+            }
             // Internals stay out of the message; the log has the source chain.
             ServiceError::Internal(_) => Status::internal("internal error"),
         }
     }
+}
+
+/// The status of a failed call, logging server-side failures with their source chain; a client's mistakes
+/// are answered, not logged. Every handler's error leaves through here.
+pub fn fail(e: ServiceError) -> Status {
+    match &e {
+        ServiceError::Unavailable(_) | ServiceError::Internal(_) => {
+            tracing::warn!(error = %redline_runtime::config::error_chain(&e), "request failed");
+        }
+        ServiceError::Invalid { .. }
+        | ServiceError::NotFound(_)
+        | ServiceError::Expired(_)
+        | ServiceError::FailedPrecondition(_)
+        | ServiceError::ShuttingDown
+        | ServiceError::SubmitterStopped => {}
+    }
+    status(e)
 }

@@ -17,7 +17,7 @@ use redline_taskqueue::{
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::error::ServiceError;
+use crate::error::{ServiceError, fail};
 use crate::submitter::{SubmitFailure, Submitter};
 use crate::watch::WatchHub;
 
@@ -48,6 +48,15 @@ pub struct TaskServiceImpl {
     catalog: Arc<RwLock<Catalog>>,
     limits: Limits,
     shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for TaskServiceImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskServiceImpl")
+            .field("store", &self.store)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskServiceImpl {
@@ -246,10 +255,8 @@ impl TaskServiceImpl {
                     duplicate: s.duplicate,
                 })
             }
-            Err(SubmitFailure::Unavailable) => {
-                Err(ServiceError::Unavailable("redis unreachable".to_owned()))
-            }
-            Err(SubmitFailure::Internal(m)) => Err(ServiceError::Internal(m)),
+            Err(SubmitFailure::Store(e)) => Err(e.into()),
+            Err(SubmitFailure::Stopped) => Err(ServiceError::SubmitterStopped),
         }
     }
 
@@ -461,8 +468,10 @@ impl TaskService for TaskServiceImpl {
         let req = request.into_inner();
         let task = self
             .new_task(&req, trace.as_deref(), "")
-            .map_err(ServiceError::invalid_many)?;
-        Ok(Response::new(self.submit_one(task, &req.task_name).await?))
+            .map_err(|v| fail(ServiceError::invalid_many(v)))?;
+        Ok(Response::new(
+            self.submit_one(task, &req.task_name).await.map_err(fail)?,
+        ))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(count = request.get_ref().tasks.len()))]
@@ -473,14 +482,16 @@ impl TaskService for TaskServiceImpl {
         let trace = traceparent(&request);
         let req = request.into_inner();
         if req.tasks.is_empty() {
-            return Err(ServiceError::invalid("tasks", "at least one task is required").into());
+            return Err(fail(ServiceError::invalid(
+                "tasks",
+                "at least one task is required",
+            )));
         }
         if req.tasks.len() > self.limits.max_batch {
-            return Err(ServiceError::invalid(
+            return Err(fail(ServiceError::invalid(
                 "tasks",
                 format!("at most {} tasks per call", self.limits.max_batch),
-            )
-            .into());
+            )));
         }
         let mut tasks = Vec::with_capacity(req.tasks.len());
         let mut violations = Vec::new();
@@ -491,13 +502,13 @@ impl TaskService for TaskServiceImpl {
             }
         }
         if !violations.is_empty() {
-            return Err(ServiceError::invalid_many(violations).into());
+            return Err(fail(ServiceError::invalid_many(violations)));
         }
         let results = self
             .store
             .submit(&tasks)
             .await
-            .map_err(ServiceError::from)?;
+            .map_err(|e| fail(e.into()))?;
         for (s, t) in results.iter().zip(&tasks) {
             if !s.duplicate {
                 count_submitted(&t.name, &t.queue);
@@ -522,7 +533,10 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
-        let r = self.record(&request.get_ref().task_id).await?;
+        let r = self
+            .record(&request.get_ref().task_id)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(GetTaskResponse {
             task: Some(proto_task(&r)),
         }))
@@ -532,7 +546,10 @@ impl TaskService for TaskServiceImpl {
         &self,
         request: Request<GetTaskResultRequest>,
     ) -> Result<Response<GetTaskResultResponse>, Status> {
-        let r = self.record(&request.get_ref().task_id).await?;
+        let r = self
+            .record(&request.get_ref().task_id)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(GetTaskResultResponse {
             task_id: r.id.clone(),
             state: proto_state(r.state) as i32,
@@ -557,8 +574,8 @@ impl TaskService for TaskServiceImpl {
         request: Request<CancelTaskRequest>,
     ) -> Result<Response<CancelTaskResponse>, Status> {
         let id = &request.get_ref().task_id;
-        check_id(id)?;
-        let (state, message) = match self.store.cancel(id).await.map_err(ServiceError::from)? {
+        check_id(id).map_err(fail)?;
+        let (state, message) = match self.store.cancel(id).await.map_err(|e| fail(e.into()))? {
             CancelOutcome::Cancelled => (
                 TaskState::Cancelled,
                 format!("Task {id} cancelled successfully"),
@@ -568,13 +585,12 @@ impl TaskService for TaskServiceImpl {
                 format!("Task {id} is running; cancellation requested"),
             ),
             CancelOutcome::AlreadyEnded(s) => {
-                return Err(ServiceError::FailedPrecondition(format!(
+                return Err(fail(ServiceError::FailedPrecondition(format!(
                     "task {id} already ended ({})",
                     s.as_str()
-                ))
-                .into());
+                ))));
             }
-            CancelOutcome::NotFound => return Err(ServiceError::NotFound(id.clone()).into()),
+            CancelOutcome::NotFound => return Err(fail(ServiceError::NotFound(id.clone()))),
         };
         Ok(Response::new(CancelTaskResponse {
             task_id: id.clone(),
@@ -612,7 +628,7 @@ impl TaskService for TaskServiceImpl {
             Some(cursor)
         };
         if !violations.is_empty() {
-            return Err(ServiceError::invalid_many(violations).into());
+            return Err(fail(ServiceError::invalid_many(violations)));
         }
         let filter = ListFilter {
             states,
@@ -629,7 +645,7 @@ impl TaskService for TaskServiceImpl {
             .store
             .list(&filter, limit, cursor)
             .await
-            .map_err(ServiceError::from)?;
+            .map_err(|e| fail(e.into()))?;
         Ok(Response::new(ListTasksResponse {
             total: page.tasks.len() as u32,
             tasks: page.tasks.iter().map(proto_task).collect(),
@@ -644,14 +660,14 @@ impl TaskService for TaskServiceImpl {
         request: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let id = request.into_inner().task_id;
-        check_id(&id)?;
+        check_id(&id).map_err(fail)?;
         // Subscribe first, then read: a change between the two is seen as an event, never lost.
         let mut watch = self
             .hub
             .watch(&id)
             .await
-            .map_err(|e| ServiceError::from(redline_taskqueue::StoreError::from(e)))?;
-        let first = self.record(&id).await?;
+            .map_err(|e| fail(redline_taskqueue::StoreError::from(e).into()))?;
+        let first = self.record(&id).await.map_err(fail)?;
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
         let stream = async_stream(move |tx| async move {
@@ -668,7 +684,7 @@ impl TaskService for TaskServiceImpl {
             while !last.state.is_terminal() {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+                        let _ = tx.send(Err(fail(ServiceError::ShuttingDown))).await;
                         return;
                     }
                     _ = watch.changes.recv() => {}
@@ -690,14 +706,12 @@ impl TaskService for TaskServiceImpl {
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => {
-                        let _ = tx
-                            .send(Err(Status::not_found(format!("task {id} expired"))))
-                            .await;
+                        let _ = tx.send(Err(fail(ServiceError::Expired(id)))).await;
                         return;
                     }
                     Err(e) if e.is_unavailable() => {}
-                    Err(_) => {
-                        let _ = tx.send(Err(Status::internal("internal error"))).await;
+                    Err(e) => {
+                        let _ = tx.send(Err(fail(e.into()))).await;
                         return;
                     }
                 }
@@ -710,7 +724,7 @@ impl TaskService for TaskServiceImpl {
         &self,
         _: Request<GetQueueStatsRequest>,
     ) -> Result<Response<GetQueueStatsResponse>, Status> {
-        let s = self.store.stats().await.map_err(ServiceError::from)?;
+        let s = self.store.stats().await.map_err(|e| fail(e.into()))?;
         Ok(Response::new(GetQueueStatsResponse {
             active_tasks: s.queues.iter().map(|q| q.running).sum(),
             scheduled_tasks: s.queues.iter().map(|q| q.scheduled).sum(),
@@ -744,7 +758,7 @@ impl TaskService for TaskServiceImpl {
         &self,
         _: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
-        let workers = self.store.workers().await.map_err(ServiceError::from)?;
+        let workers = self.store.workers().await.map_err(|e| fail(e.into()))?;
         Ok(Response::new(ListWorkersResponse {
             workers: workers
                 .into_iter()
@@ -780,18 +794,17 @@ impl TaskService for TaskServiceImpl {
         request: Request<RetryTaskRequest>,
     ) -> Result<Response<RetryTaskResponse>, Status> {
         let id = &request.get_ref().task_id;
-        check_id(id)?;
-        match self.store.retry(id).await.map_err(ServiceError::from)? {
+        check_id(id).map_err(fail)?;
+        match self.store.retry(id).await.map_err(|e| fail(e.into()))? {
             RetryOutcome::Requeued => Ok(Response::new(RetryTaskResponse {
                 task_id: id.clone(),
                 state: proto_state(TaskState::Queued) as i32,
             })),
-            RetryOutcome::NotRetryable(s) => Err(ServiceError::FailedPrecondition(format!(
+            RetryOutcome::NotRetryable(s) => Err(fail(ServiceError::FailedPrecondition(format!(
                 "task {id} is {}; only failed or cancelled tasks can be retried",
                 s.as_str()
-            ))
-            .into()),
-            RetryOutcome::NotFound => Err(ServiceError::NotFound(id.clone()).into()),
+            )))),
+            RetryOutcome::NotFound => Err(fail(ServiceError::NotFound(id.clone()))),
         }
     }
 
@@ -801,13 +814,13 @@ impl TaskService for TaskServiceImpl {
     ) -> Result<Response<CleanupTasksResponse>, Status> {
         let days = request.get_ref().days.unwrap_or(7);
         if days > 36_500 {
-            return Err(ServiceError::invalid("days", "must be at most 36500").into());
+            return Err(fail(ServiceError::invalid("days", "must be at most 36500")));
         }
         let deleted = self
             .store
             .cleanup(Duration::from_secs(u64::from(days) * 86_400))
             .await
-            .map_err(ServiceError::from)?;
+            .map_err(|e| fail(e.into()))?;
         Ok(Response::new(CleanupTasksResponse {
             deleted,
             message: format!("Cleaned up tasks older than {days} days"),

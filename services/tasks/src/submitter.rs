@@ -6,27 +6,19 @@
 //! to batch throughput.
 
 use redline_taskqueue::{NewTask, StoreError, Submitted, TaskStore};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 type Reply = oneshot::Sender<Result<Submitted, SubmitFailure>>;
 
-/// A submission that could not be stored, shared by every task of the failed batch.
+/// Why a submission was not stored: the failure of its whole batch, shared by every task in it.
 #[derive(Debug, Clone)]
 pub enum SubmitFailure {
-    /// Redis unreachable.
-    Unavailable,
-    /// Anything else.
-    Internal(String),
-}
-
-impl From<&StoreError> for SubmitFailure {
-    fn from(e: &StoreError) -> Self {
-        if e.is_unavailable() {
-            Self::Unavailable
-        } else {
-            Self::Internal(e.to_string())
-        }
-    }
+    /// The batch's script call failed.
+    Store(Arc<StoreError>),
+    /// The batching loop is gone.
+    Stopped,
 }
 
 /// Handle to the batching loop.
@@ -51,9 +43,8 @@ impl Submitter {
         self.tx
             .send((task, reply))
             .await
-            .map_err(|_| SubmitFailure::Internal("submitter stopped".to_owned()))?;
-        rx.await
-            .unwrap_or_else(|_| Err(SubmitFailure::Internal("submitter stopped".to_owned())))
+            .map_err(|_| SubmitFailure::Stopped)?;
+        rx.await.unwrap_or(Err(SubmitFailure::Stopped))
     }
 }
 
@@ -79,7 +70,7 @@ async fn run(store: TaskStore, mut rx: mpsc::Receiver<(NewTask, Reply)>) {
                 }
             }
             Err(e) => {
-                let failure = SubmitFailure::from(&e);
+                let failure = SubmitFailure::Store(Arc::new(e));
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(failure.clone()));
                 }

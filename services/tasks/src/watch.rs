@@ -35,6 +35,14 @@ pub struct Watch {
     pub changes: broadcast::Receiver<()>,
 }
 
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
 impl WatchHub {
     /// A hub over `subscriber`; `prefix` is the event channel prefix of the namespace.
     pub fn new(subscriber: SubscriberClient, prefix: String) -> Self {

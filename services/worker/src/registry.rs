@@ -88,6 +88,16 @@ pub struct TaskContext {
     store: TaskStore,
 }
 
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("task_id", &self.task_id)
+            .field("attempt", &self.attempt)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TaskContext {
     pub(crate) fn new(
         task_id: String,
@@ -141,6 +151,12 @@ impl TaskContext {
 /// A handler ready to run: the stored keyword arguments in, the result as JSON out.
 #[derive(Clone)]
 pub struct Runner(Arc<dyn Erased>);
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runner")
+    }
+}
 
 impl Runner {
     /// Runs one attempt with bound keyword arguments.

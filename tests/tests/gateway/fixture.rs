@@ -4,7 +4,7 @@ use serde_json::Value;
 
 /// Replaces values that change per run (ids, timestamps, worker identities) so a body can be compared with a
 /// golden file.
-pub fn normalize(v: &Value) -> Value {
+pub(crate) fn normalize(v: &Value) -> Value {
     match v {
         Value::Object(o) => Value::Object(
             o.iter()
@@ -29,7 +29,7 @@ pub fn normalize(v: &Value) -> Value {
 }
 
 /// Compares `body` (normalized) with `tests/gateway/golden/<name>.json`; `UPDATE_GOLDEN=1` rewrites the file.
-pub fn assert_golden(name: &str, body: &Value) {
+pub(crate) fn assert_golden(name: &str, body: &Value) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/gateway/golden")
         .join(format!("{name}.json"));
@@ -47,7 +47,12 @@ pub fn assert_golden(name: &str, body: &Value) {
 /// (`$ref`, `type`, `enum`, `required`, `properties`, `items`, `anyOf`, `maxProperties`, `minimum`,
 /// `maximum`), and returns every mismatch with its JSON path. A property the schema does not list is a
 /// mismatch too, so the document cannot fall behind the handlers.
-pub fn schema_mismatches(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+pub(crate) fn schema_mismatches(
+    doc: &Value,
+    schema: &Value,
+    value: &Value,
+    at: &str,
+) -> Vec<String> {
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
         let name = r.trim_start_matches("#/components/schemas/");
         return schema_mismatches(doc, &doc["components"]["schemas"][name], value, at);

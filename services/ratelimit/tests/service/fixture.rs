@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// The service running in this process.
-pub struct Service {
+pub(crate) struct Service {
     pub endpoint: String,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<()>>,
@@ -21,7 +21,7 @@ pub struct Service {
 
 impl Service {
     /// Starts the service against `redis_url`, with extra flags (e.g. `--config`).
-    pub async fn start(redis_url: &str, extra: &[&str]) -> Self {
+    pub(crate) async fn start(redis_url: &str, extra: &[&str]) -> Self {
         let prefix = format!("t{}:rl", rand::random::<u32>());
         let mut args = vec![
             "redline-ratelimit",
@@ -76,16 +76,16 @@ impl Service {
         service
     }
 
-    pub async fn client(&self) -> RateLimitServiceClient<Channel> {
+    pub(crate) async fn client(&self) -> RateLimitServiceClient<Channel> {
         connect_retry(&self.endpoint, RateLimitServiceClient::connect).await
     }
 
-    pub async fn envoy(&self) -> EnvoyClient<Channel> {
+    pub(crate) async fn envoy(&self) -> EnvoyClient<Channel> {
         connect_retry(&self.endpoint, EnvoyClient::connect).await
     }
 
     /// Shuts the service down; whether it finished draining within 5 s.
-    pub async fn stop(mut self) -> bool {
+    pub(crate) async fn stop(mut self) -> bool {
         self.shutdown.cancel();
         match self.handle.take() {
             Some(h) => tokio::time::timeout(Duration::from_secs(5), h)
@@ -117,14 +117,14 @@ where
 }
 
 /// Writes a rule file in a scratch directory.
-pub fn rule_file(dir: &Path, yaml: &str) -> PathBuf {
+pub(crate) fn rule_file(dir: &Path, yaml: &str) -> PathBuf {
     let path = dir.join("rules.yaml");
     std::fs::write(&path, yaml).expect("write rules");
     path
 }
 
 /// A descriptor from pairs.
-pub fn descriptor(pairs: &[(&str, &str)]) -> pb::Descriptor {
+pub(crate) fn descriptor(pairs: &[(&str, &str)]) -> pb::Descriptor {
     pb::Descriptor {
         entries: pairs
             .iter()
@@ -138,7 +138,12 @@ pub fn descriptor(pairs: &[(&str, &str)]) -> pb::Descriptor {
 }
 
 /// A caller-supplied limit.
-pub fn spec(name: &str, limit: u64, window: Duration, algorithm: pb::Algorithm) -> pb::LimitSpec {
+pub(crate) fn spec(
+    name: &str,
+    limit: u64,
+    window: Duration,
+    algorithm: pb::Algorithm,
+) -> pb::LimitSpec {
     pb::LimitSpec {
         name: name.to_owned(),
         limit,
