@@ -50,7 +50,8 @@ async fn every_request_the_document_allows_is_served_and_no_other() {
         .arg("--config-file")
         .arg(root.join("contract/schemathesis.toml"))
         .args(["run", &document, "--max-examples", EXAMPLES, "--seed", SEED])
-        .args(["--workers", "2", "--output-sanitize", "false", "--no-color"])
+        // One worker: with two, schemathesis 4.32 sometimes fails inside Hypothesis (a shared cache), not on the API.
+        .args(["--workers", "1", "--output-sanitize", "false", "--no-color"])
         .output()
         .await
         .expect("schemathesis runs");

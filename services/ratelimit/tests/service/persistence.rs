@@ -155,3 +155,52 @@ fn invalid_configuration_exits_64_listing_every_problem() {
         "the Redis password must never be printed"
     );
 }
+
+/// A Redis that may evict keys would forget counters early: the service refuses it (exit 69, a failed start),
+/// unless told otherwise.
+#[test]
+fn an_evicting_redis_is_refused_unless_allowed() {
+    let redis = RedisServer::builder()
+        .args(&["--maxmemory-policy", "allkeys-lru"])
+        .start();
+    let run = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redline-ratelimit"))
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--redis-url", &redis.url()])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("service binary");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(run(&[]), Some(69), "refused with the failed-start code");
+    assert_eq!(
+        run(&["--allow-evicting-redis"]),
+        None,
+        "still serving when allowed"
+    );
+}
+
+/// An address already taken is a failed start (69), as for every redline binary.
+#[test]
+fn a_taken_address_is_a_failed_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = Command::new(env!("CARGO_BIN_EXE_redline-ratelimit"))
+        .args(["--listen", &addr.to_string()])
+        .output()
+        .expect("service binary");
+    assert_eq!(out.status.code(), Some(69));
+}

@@ -565,7 +565,20 @@ async fn reflection_can_be_turned_off() {
         }
         .await;
         match (disabled, answer) {
-            (false, Ok(Some(_))) => {}
+            (false, Ok(Some(reply))) => {
+                use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+                let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response
+                else {
+                    panic!("not a service list: {reply:?}");
+                };
+                let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+                names.sort();
+                // Exactly what this server serves: not RateLimitService, whose descriptors share the set.
+                assert_eq!(
+                    names,
+                    ["grpc.health.v1.Health", "redline.tasks.v1.TaskService"]
+                );
+            }
             (true, Err(status)) => assert_eq!(status.code(), Code::Unimplemented),
             (d, other) => panic!("reflection disabled={d}: {other:?}"),
         }
