@@ -43,6 +43,19 @@ impl LogFormat {
     }
 }
 
+/// The body of every service binary's `main`: logs and traces for `service`, then `run` (configuration,
+/// listener, the service until a signal), then the span exporter flushed. `run` gives the exit code, or an
+/// early one as its `Err` (bad flags, an address taken). Binaries pass `run` boxed: its future is large.
+pub async fn main(
+    service: &'static str,
+    run: impl std::future::Future<Output = Result<std::process::ExitCode, std::process::ExitCode>>,
+) -> std::process::ExitCode {
+    let telemetry = telemetry::init(service);
+    let code = run.await.unwrap_or_else(|code| code);
+    telemetry.shutdown();
+    code
+}
+
 /// Returns a token cancelled on the first SIGTERM or SIGINT; a second signal exits the process at once.
 ///
 /// Kubernetes sends SIGTERM when it stops a pod and SIGKILL after `terminationGracePeriodSeconds`: the first

@@ -87,6 +87,11 @@ pub async fn run(
     let hub = watch::WatchHub::new(subscriber, store.keys().event_channel_prefix());
     // The types this build declares; types workers publish are added as they appear.
     let catalog = Arc::new(RwLock::new(redline_catalog::builtin()));
+    // Before the first call is answered, so no task finishes under a worker's default retention; the
+    // refresh loop below retries if Redis is not up yet.
+    if let Err(error) = store.publish_settings().await {
+        tracing::warn!(%error, "could not publish retention settings yet");
+    }
     let background = shutdown.child_token();
     tokio::spawn(refresh_catalog(
         store.clone(),
@@ -204,9 +209,14 @@ async fn track_readiness(
     }
 }
 
-/// Adds task types published by workers (custom builds may register more than this service knows).
+/// Adds task types published by workers (custom builds may register more than this service knows), and
+/// keeps this service's retention settings in Redis, where the worker-side scripts read them (a Redis that
+/// restarted empty gets them back within one round).
 async fn refresh_catalog(store: TaskStore, catalog: Arc<RwLock<Catalog>>, stop: CancellationToken) {
     loop {
+        if let Err(error) = store.publish_settings().await {
+            tracing::debug!(%error, "could not publish retention settings; retrying");
+        }
         if let Ok(published) = store.published_task_types().await {
             let specs: Vec<TaskSpec> = published
                 .values()

@@ -12,10 +12,7 @@ use redline_tasks::config::{Args, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let telemetry = redline_runtime::telemetry::init("redline-tasks");
-    let code = run().await.unwrap_or_else(|code| code);
-    telemetry.shutdown();
-    code
+    redline_runtime::main("redline-tasks", Box::pin(run())).await
 }
 
 async fn run() -> Result<ExitCode, ExitCode> {

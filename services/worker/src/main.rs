@@ -11,10 +11,7 @@ use redline_worker::config::{Args, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let telemetry = redline_runtime::telemetry::init("redline-worker");
-    let code = run().await.unwrap_or_else(|code| code);
-    telemetry.shutdown();
-    code
+    redline_runtime::main("redline-worker", Box::pin(run())).await
 }
 
 async fn run() -> Result<ExitCode, ExitCode> {

@@ -46,7 +46,10 @@ async fn every_request_the_document_allows_is_served_and_no_other() {
         .await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let document = format!("http://{}/openapi.json", suite.gateway_addr());
+    // schemathesis keeps a cache of found failures in its working directory; that belongs to this run only.
+    let scratch = tempfile::tempdir().expect("a scratch directory");
     let out = tokio::process::Command::new(&st)
+        .current_dir(scratch.path())
         .arg("--config-file")
         .arg(root.join("contract/schemathesis.toml"))
         .args(["run", &document, "--max-examples", EXAMPLES, "--seed", SEED])

@@ -585,3 +585,42 @@ async fn reflection_can_be_turned_off() {
         stop.cancel();
     }
 }
+
+/// Workers apply the retention TaskService publishes, not their own defaults: a result kept for a day by
+/// a worker's flags would outlive what the operator configured on the service that answers for it.
+#[tokio::test]
+async fn finished_records_expire_after_the_services_result_ttl() {
+    let kit = redline_testkit::Suite::builder()
+        .tasks(&["--result-ttl", "90s"])
+        .workers(1)
+        .start()
+        .await;
+    let mut client = kit.tasks();
+    let id = client
+        .submit_task(SubmitTaskRequest {
+            task_name: "redline.noop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    redline_testkit::assert_eventually!(
+        client
+            .get_task(GetTaskRequest {
+                task_id: id.clone()
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().task.unwrap_or_default().status == "SUCCESS"),
+        "the task never finished"
+    );
+    let ttl: u64 = kit
+        .redis
+        .cli(&["TTL", &format!("{{redline}}:t:{id}")])
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=90).contains(&ttl),
+        "record TTL {ttl}s, want at most 90s"
+    );
+}
