@@ -3,7 +3,9 @@
 /// What went wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis is unreachable or timed out: retry later. Nothing was changed, or the change is unknown.
+    /// Redis is unreachable, timed out, or cannot take writes for now (out of memory, a read-only replica
+    /// during a failover, loading, busy with a script): retry later. Nothing was changed, or the change is
+    /// unknown.
     #[error("redis unavailable: {0}")]
     Unavailable(#[source] fred::error::Error),
     /// Redis answered something this version does not understand (a bug or a foreign key).
@@ -24,6 +26,21 @@ impl StoreError {
     }
 }
 
+/// Error replies that describe Redis's condition, not the request: each clears by itself (memory is freed or
+/// records expire, a failover completes, a load or a long script ends, the disk recovers), so the same
+/// command may succeed later.
+const TRANSIENT: &[&str] = &[
+    "OOM",
+    "READONLY",
+    "MASTERDOWN",
+    "LOADING",
+    "BUSY",
+    "NOREPLICAS",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "MISCONF",
+];
+
 impl From<fred::error::Error> for StoreError {
     fn from(e: fred::error::Error) -> Self {
         use fred::error::ErrorKind;
@@ -35,10 +52,33 @@ impl From<fred::error::Error> for StoreError {
             | ErrorKind::Cluster
             | ErrorKind::Routing
             | ErrorKind::Sentinel => Self::Unavailable(e),
-            _ if e.details().starts_with("LOADING") || e.details().starts_with("BUSY") => {
-                Self::Unavailable(e)
-            }
+            _ if TRANSIENT.iter().any(|p| e.details().starts_with(p)) => Self::Unavailable(e),
             _ => Self::Redis(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error, ErrorKind};
+
+    #[test]
+    fn conditions_of_redis_are_transient_and_mistakes_are_not() {
+        for details in [
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "READONLY You can't write against a read only replica.",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script.",
+        ] {
+            let e = StoreError::from(Error::new(ErrorKind::Unknown, details));
+            assert!(e.is_unavailable(), "{details}");
+        }
+        let e = StoreError::from(Error::new(
+            ErrorKind::Unknown,
+            "ERR user_script:1: Script attempted to access a non local key",
+        ));
+        assert!(!e.is_unavailable());
     }
 }

@@ -46,7 +46,7 @@ impl Default for QueueConfig {
             dead_letter_ttl: Duration::from_secs(7 * 86_400),
             dead_letter_cap: 10_000,
             idempotency_ttl: Duration::from_secs(86_400),
-            lease: Duration::from_secs(5),
+            lease: Duration::from_secs(14),
             max_recoveries: 10,
             index_retention: Duration::from_secs(7 * 86_400),
         }
@@ -435,14 +435,9 @@ impl TaskStore {
     pub async fn stats(&self) -> Result<QueueStats, StoreError> {
         let mut queues: Vec<String> = self.cmd.smembers(self.keys.queues()).await?;
         queues.sort();
+        // Ages and leases are on Redis's clock, as every stored time is.
+        let now_us = self.redis_now_us().await?;
         let pipe = self.cmd.pipeline();
-        // Ages are on Redis's clock, as every stored time is.
-        let _: () = pipe
-            .custom(
-                CustomCommand::new_static("TIME", ClusterHash::Random, false),
-                Vec::<String>::new(),
-            )
-            .await?;
         for q in &queues {
             for p in 0..PRIORITIES {
                 let _: () = pipe.llen(self.keys.queue(q, p)).await?;
@@ -453,19 +448,16 @@ impl TaskStore {
                 let _: () = pipe.lindex(self.keys.queue(q, p), -1).await?;
             }
         }
-        let _: () = pipe.zcard(self.keys.workers()).await?;
+        // Live means a lease that has not run out: a SIGKILLed worker stays registered until a peer
+        // recovers its tasks, and must not count.
+        let _: () = pipe
+            .zcount(self.keys.workers(), (now_us / 1000) as f64, f64::INFINITY)
+            .await?;
         let _: () = pipe.zcard(self.keys.dead()).await?;
         let _: () = pipe.hgetall(self.keys.stats()).await?;
         let replies: Vec<Value> = pipe.all().await?;
         let mut it = replies.into_iter();
         let mut next = || it.next().ok_or_else(|| protocol("stats reply"));
-        let now_us = match next()?.into_array().as_slice() {
-            [secs, micros] => {
-                text(secs).parse::<u64>().unwrap_or(0) * 1_000_000
-                    + text(micros).parse::<u64>().unwrap_or(0)
-            }
-            _ => return Err(protocol("TIME reply")),
-        };
         let mut stats = QueueStats::default();
         let mut oldest_ids = Vec::new();
         for q in &queues {
@@ -519,9 +511,17 @@ impl TaskStore {
 
     /// Live workers, with the tasks each holds.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        // Only workers whose lease runs: a SIGKILLed worker stays in the set until a peer recovers its tasks.
+        let now_ms = self.redis_now_us().await? / 1000;
         let ids: Vec<String> = self
             .cmd
-            .zrange(self.keys.workers(), 0, -1, None, false, None, false)
+            .zrangebyscore(
+                self.keys.workers(),
+                now_ms as f64,
+                f64::INFINITY,
+                false,
+                None,
+            )
             .await?;
         // One pipeline for every worker's info and held tasks, not two round trips per worker.
         let pipe = self.cmd.pipeline();
@@ -679,33 +679,80 @@ impl TaskStore {
 
     // === Workers ===
 
-    /// Registers a worker (or renews / removes it). Returns false when renewing a lease that was lost.
+    /// Registers a worker, renews its lease or removes it, reconciling what Redis has under the worker with
+    /// `held` (the tasks it runs or has outcomes on the way for, with their fences): whatever Redis has that
+    /// the worker does not hold goes back to its queue.
     pub async fn heartbeat(
         &self,
         worker_id: &str,
         mode: HeartbeatMode,
+        held: &[(String, u64)],
         info: &[(&str, String)],
-    ) -> Result<bool, StoreError> {
-        let mut args = vec![
+    ) -> Result<Heartbeat, StoreError> {
+        let mut args = Vec::with_capacity(6 + held.len() * 2 + info.len() * 2);
+        args.extend([
             self.keys.namespace().to_owned(),
             worker_id.to_owned(),
             mode.as_str().to_owned(),
             ms(self.config.lease),
             // Info outlives the lease a little so ListWorkers can show a worker until it is reaped.
             (self.config.lease.as_secs() * 3 + 5).to_string(),
-        ];
+            held.len().to_string(),
+        ]);
+        for (id, fence) in held {
+            args.push(id.clone());
+            args.push(fence.to_string());
+        }
         for (k, v) in info {
             args.push((*k).to_owned());
             args.push(v.clone());
         }
+        let keys = vec![
+            self.keys.workers(),
+            self.keys.worker(worker_id),
+            self.keys.worker_active(worker_id),
+        ];
         let reply = self
-            .eval(
-                &self.scripts.heartbeat,
-                vec![self.keys.workers(), self.keys.worker(worker_id)],
-                args,
+            .eval(&self.scripts.heartbeat, keys, args)
+            .await?
+            .into_array();
+        let ids = |v: Option<&Value>| -> Vec<String> {
+            v.map(|v| v.clone().into_array().iter().map(text).collect())
+                .unwrap_or_default()
+        };
+        Ok(Heartbeat {
+            alive: reply.first().map(int) == Some(1),
+            stop: ids(reply.get(1)),
+            cancel: ids(reply.get(2)),
+            given_back: reply.get(3).map(int).unwrap_or(0),
+        })
+    }
+
+    /// How many workers hold a lease that has not expired (a SIGKILLed worker stays registered until its
+    /// lease runs out and a peer recovers its tasks; it is not alive).
+    pub async fn live_workers(&self) -> Result<u64, StoreError> {
+        let now_ms = self.redis_now_us().await? / 1000;
+        let n: u64 = self
+            .cmd
+            .zcount(self.keys.workers(), now_ms as f64, f64::INFINITY)
+            .await?;
+        Ok(n)
+    }
+
+    /// Redis's clock (TIME), in microseconds since the epoch: the clock every stored time is on.
+    async fn redis_now_us(&self) -> Result<u64, StoreError> {
+        let reply: Value = self
+            .cmd
+            .custom(
+                CustomCommand::new_static("TIME", ClusterHash::Random, false),
+                Vec::<String>::new(),
             )
             .await?;
-        Ok(int(&reply) == 1)
+        match reply.into_array().as_slice() {
+            [secs, micros] => Ok(text(secs).parse::<u64>().unwrap_or(0) * 1_000_000
+                + text(micros).parse::<u64>().unwrap_or(0)),
+            _ => Err(protocol("TIME reply")),
+        }
     }
 
     /// Takes up to `max` tasks from `queues` for `worker_id`.
@@ -847,6 +894,20 @@ impl TaskStore {
             .await?;
         Ok(int(&reply) == 1)
     }
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// False when renewing a lease that was already declared lost: the worker's tasks were recovered and
+    /// may run elsewhere; it must abandon them and register again.
+    pub alive: bool,
+    /// Held tasks whose record moved on (recovered, expired, retried by hand): stop running them.
+    pub stop: Vec<String>,
+    /// Held tasks whose cancellation was requested.
+    pub cancel: Vec<String>,
+    /// Tasks Redis had under this worker that it did not hold, now back in their queues.
+    pub given_back: u64,
 }
 
 /// How [`TaskStore::heartbeat`] treats the worker.

@@ -2,7 +2,8 @@
 //!
 //! The Redis model is the product, so tests run against real servers, and fault tests need servers they own:
 //! to kill (a crash), restart (AOF replay), pause with SIGSTOP (a stall: connections stay open, nothing
-//! answers) and reconfigure (`CONFIG SET maxmemory`, eviction policies). Each server keeps its files in a
+//! answers), fill (`CONFIG SET maxmemory`), fail over (a replica promoted, the old primary demoted so that
+//! it answers `READONLY`) and reconfigure. Each server keeps its files in a
 //! temporary directory removed with it.
 
 use std::io::{Read, Write};
@@ -156,6 +157,38 @@ impl RedisServer {
         let child = self.child.as_ref().expect("the server is running");
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid fits i32"));
         kill(pid, signal).expect("signalling redis-server");
+    }
+
+    /// Makes this server a replica of `primary` and waits until it is in sync. Writes sent to it from now
+    /// on answer `READONLY`, as an old primary's do after a failover demoted it.
+    ///
+    /// # Panics
+    /// When the replication link does not come up in time.
+    pub fn follow(&self, primary: &RedisServer) {
+        let port = primary.port.to_string();
+        assert_eq!(self.cli(&["REPLICAOF", "127.0.0.1", &port]), "OK");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "replica on port {} did not sync",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Promotes a replica to primary (`REPLICAOF NO ONE`), the step a failover takes.
+    pub fn promote(&self) {
+        assert_eq!(self.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    }
+
+    /// Sets `maxmemory` (such as `"1"` to refuse every write with `OOM`, or `"0"` for no limit).
+    pub fn set_maxmemory(&self, value: &str) {
+        assert_eq!(self.cli(&["CONFIG", "SET", "maxmemory", value]), "OK");
     }
 
     /// Runs a `redis-cli` command against the server and returns its output, trimmed.

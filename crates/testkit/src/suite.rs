@@ -356,7 +356,9 @@ impl Suite {
             &self.worker_flags,
         );
         let args = redline_worker::config::Args::try_parse_from(flags).expect("worker flags");
-        let config = redline_worker::Config::from_args(args, &no_env()).expect("worker config");
+        let mut config = redline_worker::Config::from_args(args, &no_env()).expect("worker config");
+        // A stuck attempt must not end the test process.
+        config.exit_on_stuck_attempt = false;
         let registry = redline_worker::registry_for(&config);
         let stop = CancellationToken::new();
         tokio::spawn(redline_worker::run(config, registry, stop.clone()));

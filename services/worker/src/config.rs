@@ -35,8 +35,9 @@ pub struct Args {
     /// How long a cancelled or timed-out task may take to stop before it is aborted.
     #[arg(long, env = "REDLINE_WORKER_CANCEL_GRACE", default_value = "5s")]
     pub cancel_grace: String,
-    /// A worker silent for this long is presumed dead and its tasks run elsewhere.
-    #[arg(long, env = "REDLINE_LEASE", default_value = "5s")]
+    /// A worker silent for this long is presumed dead and its tasks run elsewhere; it stops its own attempts
+    /// an eighth of this earlier.
+    #[arg(long, env = "REDLINE_LEASE", default_value = "14s")]
     pub lease: String,
     /// Worker id [default: <hostname>-<pid>-<random>].
     #[arg(long, env = "REDLINE_WORKER_ID")]
@@ -84,6 +85,9 @@ pub struct Config {
     pub data_dir: String,
     /// Override of the download source's base URL.
     pub download_base_url: Option<String>,
+    /// Exit when an attempt cannot be stopped before its lease could expire (always, in a deployment; a
+    /// test running workers inside its own process turns it off).
+    pub exit_on_stuck_attempt: bool,
 }
 
 impl Config {
@@ -153,6 +157,7 @@ impl Config {
             worker_id,
             data_dir: args.data_dir,
             download_base_url: args.download_base_url,
+            exit_on_stuck_attempt: true,
         })
     }
 }

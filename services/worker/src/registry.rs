@@ -121,6 +121,12 @@ impl TaskContext {
         &self.cancel
     }
 
+    /// The attempt's fencing token: it grows with every claim of the task, so two attempts of one task never
+    /// share it (an execution journal or an external side effect can key on it).
+    pub fn fence(&self) -> u64 {
+        self.fence
+    }
+
     /// True once the handler should stop.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()

@@ -5,24 +5,51 @@
 //!  wake-ups (pub/sub) ─┐                        ┌──► attempt ─┐
 //!  eta / lease timers ─┼─► fetch: claim(free) ──┼──► attempt ─┼─► completions ─► batcher: complete(batch)
 //!  free slots ─────────┘                        └──► attempt ─┘
-//!  heartbeat: renew lease, housekeeping ── lease lost? ──► abandon attempts, register again
+//!  heartbeat: renew lease, reconcile held tasks, housekeeping ── lease lost? ──► abandon attempts, register
+//!  fence: no renewal for lease − margin ──► stop every attempt (exit if one cannot be stopped in time)
 //!  control (pub/sub): cancel <id> ──► that attempt's token
 //! ```
 //!
 //! Claims and completions are batched: a worker with many free slots takes many tasks in one script call,
 //! and finished attempts are recorded together. That is what lets two worker processes drain tens of
 //! thousands of short tasks per second from one Redis.
+//!
+//! ## Leases, self-fencing and outages
+//!
+//! A worker holds its tasks under one lease (default 14 s) that its heartbeat renews every 1/15 of it.
+//! Whatever Redis says, the worker keeps its own deadline: counted on its monotonic clock from when the last
+//! renewal that succeeded was *sent* (Redis set the expiry after that instant, so the worker's deadline can
+//! only come first), minus a margin of 1/8 of the lease. When it passes, the worker stops every attempt
+//! (cancellation, then abort), and if one cannot be stopped before the lease could expire the process exits
+//! rather than run it beside its replacement. A partitioned worker and a Redis outage look the same from
+//! here, so the one window covers both:
+//!
+//! - **SIGKILL** (or a crash): nothing renews; peers recover the tasks when the lease expires, ≤ 14 s later.
+//! - **Partition of one worker** (Redis serves the others): it stops its attempts 12.25 s after its last
+//!   renewal; its lease expires at ≥ 14 s and a peer runs them again. The two never overlap.
+//! - **Redis stall or restart**: lease time only runs while Redis serves (`observe_outage` in the scripts),
+//!   so nothing is recovered because of the outage itself. Up to about 11 s (12.25 s minus a heartbeat and a
+//!   reconnection), the worker renews in time and nothing is re-run; longer, it stops its attempts, and the
+//!   heartbeat after Redis returns hands them back to the queue without spending their retry budget or
+//!   poison-pill count.
+//!
+//! Every heartbeat also reconciles: it sends the tasks the worker holds, and Redis hands back to their queue
+//! any it has under the worker that the worker does not hold (a claim whose reply was lost), names held
+//! tasks whose record moved on (they stop), and re-delivers cancellations (a lost pub/sub message).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use redline_taskqueue::backoff::Backoff;
 use redline_taskqueue::{
-    Claim, ClaimedTask, Completed, Completion, HeartbeatMode, Outcome, TaskState, TaskStore,
+    Claim, ClaimedTask, Completed, Completion, Heartbeat, HeartbeatMode, Outcome, TaskState,
+    TaskStore,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +79,9 @@ pub struct WorkerSettings {
     pub max_batch: usize,
     /// Set while the worker heartbeats successfully and is not draining (the admin port's `/readyz`).
     pub readiness: redline_runtime::admin::Readiness,
+    /// Exit the process when an attempt cannot be stopped before its lease could expire (the binary does;
+    /// an in-process test cannot).
+    pub exit_on_stuck_attempt: bool,
 }
 
 impl WorkerSettings {
@@ -67,6 +97,7 @@ impl WorkerSettings {
             backoff: Backoff::default(),
             max_batch: 128,
             readiness: redline_runtime::admin::Readiness::default(),
+            exit_on_stuck_attempt: false,
         }
     }
 }
@@ -91,7 +122,10 @@ enum StopReason {
     Cancelled,
     TimedOut,
     Shutdown,
+    /// Redis says the task is no longer this attempt's (lease lost, record moved on).
     LeaseLost,
+    /// No lease renewal for too long: stopped before the lease can expire elsewhere.
+    Fenced,
 }
 
 struct Running {
@@ -124,6 +158,16 @@ struct Shared {
     registry: Registry,
     settings: WorkerSettings,
     running: Mutex<HashMap<String, Running>>,
+    /// Every task this worker holds, with its fence: running, or with an outcome not yet recorded. What the
+    /// heartbeat reconciles Redis's view against.
+    held: Mutex<HashMap<String, u64>>,
+    /// Held by a claim from before it is sent until its tasks are in `held`, and by a reconciling heartbeat
+    /// around its call: a heartbeat never sees tasks a claim has handed over but `held` does not list yet.
+    claim_gate: tokio::sync::Mutex<()>,
+    /// When the last renewal that succeeded (a heartbeat or a claim) was sent.
+    renewed: Mutex<Instant>,
+    /// Attempts that ignored cancellation and an abort; while any is left, a fenced worker must exit.
+    stuck: AtomicU64,
     processed: AtomicU64,
     failed: AtomicU64,
     requeued: AtomicU64,
@@ -131,11 +175,13 @@ struct Shared {
     completions: mpsc::UnboundedSender<Finished>,
 }
 
-/// An attempt's outcome on its way to Redis, with what its metrics are labelled by.
+/// An attempt's outcome on its way to Redis, with what its metrics are labelled by. The attempt's slot is
+/// held until the outcome is recorded, so outcomes waiting out a Redis outage are bounded by concurrency.
 struct Finished {
     completion: Completion,
     task_name: String,
     queue: String,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Shared {
@@ -143,9 +189,49 @@ impl Shared {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn held_list(&self) -> Vec<(String, u64)> {
+        self.held()
+            .iter()
+            .map(|(id, fence)| (id.clone(), *fence))
+            .collect()
+    }
+
+    /// Forgets a held task, if it is still held under `fence` (a newer claim of the same id stays).
+    fn release(&self, id: &str, fence: u64) {
+        let mut held = self.held();
+        if held.get(id) == Some(&fence) {
+            held.remove(id);
+        }
+    }
+
+    fn renewed(&self, sent: Instant) {
+        let mut last = self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+        if sent > *last {
+            *last = sent;
+        }
+    }
+
+    fn last_renewal(&self) -> Instant {
+        *self.renewed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn stop_all(&self, reason: StopReason) {
         for r in self.running().values() {
             r.stop(reason);
+        }
+    }
+
+    fn stop(&self, id: &str, reason: StopReason) -> bool {
+        match self.running().get(id) {
+            Some(r) => {
+                r.stop(reason);
+                true
+            }
+            None => false,
         }
     }
 
@@ -164,6 +250,12 @@ impl Shared {
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ]
     }
+
+    /// The lease, and the margin before it by which this worker stops its attempts without a renewal.
+    fn lease_and_margin(&self) -> (Duration, Duration) {
+        let lease = self.store.config().lease;
+        (lease, lease / 8)
+    }
 }
 
 /// Runs a worker until `shutdown` is cancelled, then drains: running attempts get `shutdown_grace` to finish,
@@ -181,6 +273,10 @@ pub async fn run(
         registry,
         settings,
         running: Mutex::new(HashMap::new()),
+        held: Mutex::new(HashMap::new()),
+        claim_gate: tokio::sync::Mutex::new(()),
+        renewed: Mutex::new(Instant::now()),
+        stuck: AtomicU64::new(0),
         processed: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         requeued: AtomicU64::new(0),
@@ -217,7 +313,13 @@ pub async fn run(
         shutdown.clone(),
         background.clone(),
     ));
-    let batcher = tokio::spawn(complete_loop(Arc::clone(&shared), rx));
+    tokio::spawn(fence_loop(Arc::clone(&shared), background.clone()));
+    let flush_deadline = CancellationToken::new();
+    let batcher = tokio::spawn(complete_loop(
+        Arc::clone(&shared),
+        rx,
+        flush_deadline.clone(),
+    ));
 
     let attempts = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(shared.settings.concurrency));
@@ -238,19 +340,37 @@ pub async fn run(
         shared.stop_all(StopReason::Shutdown);
         attempts.wait().await;
     }
-    background.cancel();
-    let _ = heartbeat.await;
     let report = WorkerReport {
         processed: shared.processed.load(Ordering::Relaxed),
         failed: shared.failed.load(Ordering::Relaxed),
         requeued: shared.requeued.load(Ordering::Relaxed),
     };
-    // Every attempt has sent its outcome; dropping the last sender lets the batcher flush and end.
+    // Every attempt has sent its outcome; the batcher records them (retrying through a Redis outage for
+    // another grace period at most) and ends when the last sender, `shared`'s, is gone.
     let store = shared.store.clone();
+    let flush_grace = shared.settings.shutdown_grace.max(Duration::from_secs(1));
+    let deadline = tokio::spawn(async move {
+        tokio::time::sleep(flush_grace).await;
+        flush_deadline.cancel();
+    });
+    background.cancel();
+    let _ = heartbeat.await;
     drop(shared);
     let _ = batcher.await;
-    if let Err(e) = store.heartbeat(&id, HeartbeatMode::Leave, &[]).await {
-        tracing::warn!(error = %e, "could not unregister; the lease will expire by itself");
+    deadline.abort();
+    // Leaving hands back whatever Redis still has under this worker (an outcome that could not be
+    // recorded), instead of leaving it to a lease nobody will renew.
+    match store.heartbeat(&id, HeartbeatMode::Leave, &[], &[]).await {
+        Ok(hb) if hb.given_back > 0 => {
+            tracing::warn!(
+                tasks = hb.given_back,
+                "handed unrecorded tasks back to their queues"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not unregister; peers recover this worker's tasks when its lease expires")
+        }
     }
     let _ = subscriber.quit().await;
     report
@@ -259,16 +379,30 @@ pub async fn run(
 async fn register(shared: &Shared) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match shared
+        let gate = shared.claim_gate.lock().await;
+        let sent = Instant::now();
+        let result = shared
             .store
             .heartbeat(
                 &shared.settings.worker_id,
                 HeartbeatMode::Register,
+                &shared.held_list(),
                 &shared.info(),
             )
-            .await
-        {
-            Ok(_) => return,
+            .await;
+        drop(gate);
+        match result {
+            Ok(hb) => {
+                shared.renewed(sent);
+                if hb.given_back > 0 {
+                    // An earlier process with this worker id left tasks under it.
+                    tracing::warn!(
+                        tasks = hb.given_back,
+                        "handed back tasks this worker id held before"
+                    );
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register with redis; retrying");
                 tokio::time::sleep(delay).await;
@@ -305,9 +439,8 @@ async fn listen(
         match msg {
             Ok(m) if *m.channel == *control => {
                 let id = m.value.as_string().unwrap_or_default();
-                if let Some(r) = shared.running().get(&id) {
+                if shared.stop(&id, StopReason::Cancelled) {
                     tracing::info!(task_id = %id, "cancellation requested");
-                    r.stop(StopReason::Cancelled);
                 }
             }
             Ok(_) => shared.wake.notify_one(),
@@ -337,6 +470,8 @@ async fn fetch_loop(
                 Err(_) => break,
             }
         }
+        let gate = shared.claim_gate.lock().await;
+        let sent = Instant::now();
         let claim = shared
             .store
             .claim(
@@ -345,6 +480,14 @@ async fn fetch_loop(
                 permits.len(),
             )
             .await;
+        if let Ok(Claim::Tasks { tasks, .. }) = &claim {
+            // A claim renews the lease too.
+            shared.renewed(sent);
+            shared
+                .held()
+                .extend(tasks.iter().map(|t| (t.id.clone(), t.fence)));
+        }
+        drop(gate);
         match claim {
             Ok(Claim::Tasks { tasks, next_wake }) => {
                 error_delay = Duration::from_millis(100);
@@ -371,6 +514,7 @@ async fn fetch_loop(
                 lease_lost(shared).await;
             }
             Err(e) => {
+                // The claim may have run with its reply lost: the next heartbeat hands back whatever it took.
                 drop(permits);
                 tracing::warn!(error = %e, "claim failed; retrying");
                 tokio::select! {
@@ -393,38 +537,52 @@ async fn lease_lost(shared: &Shared) {
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, draining: CancellationToken, stop: CancellationToken) {
-    // Three heartbeats per lease: one lost packet or a slow round trip doesn't cost the lease.
-    let interval = shared.store.config().lease / 3;
+    // Fifteen heartbeats per lease: a few lost ones or a slow round trip don't cost the lease, and a
+    // renewal lands soon after Redis comes back. After a failure, sooner still.
+    let interval = (shared.store.config().lease / 15).max(Duration::from_millis(10));
+    let retry = interval.min(Duration::from_millis(250));
+    let mut wait = interval;
+    let mut beats = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        match shared
+        let gate = shared.claim_gate.lock().await;
+        let sent = Instant::now();
+        let result = shared
             .store
             .heartbeat(
                 &shared.settings.worker_id,
                 HeartbeatMode::Renew,
+                &shared.held_list(),
                 &shared.info(),
             )
-            .await
-        {
-            Ok(true) => {
+            .await;
+        drop(gate);
+        match result {
+            Ok(hb) if hb.alive => {
+                wait = interval;
+                shared.renewed(sent);
                 if !draining.is_cancelled() {
                     shared.settings.readiness.set(true);
                 }
+                reconciled(&shared, &hb);
                 // Housekeeping even when every slot is busy: recover other workers' lost tasks and
                 // promote due ones, so an idle peer can run them at once.
-                if let Ok(Claim::LeaseLost) = shared
-                    .store
-                    .claim(&shared.settings.worker_id, &shared.settings.queues, 0)
-                    .await
+                beats += 1;
+                if beats.is_multiple_of(5)
+                    && let Ok(Claim::LeaseLost) = shared
+                        .store
+                        .claim(&shared.settings.worker_id, &shared.settings.queues, 0)
+                        .await
                 {
                     lease_lost(&shared).await;
                 }
             }
-            Ok(false) => lease_lost(&shared).await,
+            Ok(_) => lease_lost(&shared).await,
             Err(e) => {
+                wait = retry;
                 shared.settings.readiness.set(false);
                 tracing::warn!(error = %e, "heartbeat failed");
             }
@@ -432,31 +590,105 @@ async fn heartbeat_loop(shared: Arc<Shared>, draining: CancellationToken, stop: 
     }
 }
 
-async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>) {
+/// Acts on what a heartbeat's reconciliation found.
+fn reconciled(shared: &Shared, hb: &Heartbeat) {
+    if hb.given_back > 0 {
+        metrics::counter!("redline_worker_tasks_given_back_total").increment(hb.given_back);
+        tracing::warn!(
+            tasks = hb.given_back,
+            "Redis had tasks under this worker that it never received (a lost claim reply): handed back"
+        );
+    }
+    for id in &hb.stop {
+        if shared.stop(id, StopReason::LeaseLost) {
+            tracing::warn!(task_id = %id, "task moved on without this worker: stopping its attempt");
+        }
+    }
+    for id in &hb.cancel {
+        if shared.stop(id, StopReason::Cancelled) {
+            tracing::info!(task_id = %id, "cancellation requested (re-read by the heartbeat)");
+        }
+    }
+}
+
+/// Stops every attempt when the lease may be about to expire without this worker knowing: a partition or a
+/// Redis outage. See the module documentation for how the window is chosen.
+async fn fence_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let (lease, margin) = shared.lease_and_margin();
+    let window = lease - margin;
+    let mut fenced_since: Option<Instant> = None;
+    loop {
+        let last = shared.last_renewal();
+        let now = Instant::now();
+        let check = if last + window > now {
+            fenced_since = None;
+            last + window
+        } else {
+            if fenced_since.is_none() && !shared.running().is_empty() {
+                metrics::counter!("redline_worker_self_fenced_total").increment(1);
+                tracing::error!(
+                    without_renewal = ?now - last,
+                    running = shared.running().len(),
+                    "lease not renewed in time: stopping every attempt before it can expire elsewhere"
+                );
+                shared.stop_all(StopReason::Fenced);
+            }
+            let since = *fenced_since.get_or_insert(now);
+            // The last instant by which every attempt must have stopped: well before the lease runs out.
+            if now >= last + window + margin * 2 / 3
+                && (shared.stuck.load(Ordering::Relaxed) > 0 || !shared.running().is_empty())
+            {
+                tracing::error!(
+                    running = shared.running().len(),
+                    "an attempt could not be stopped before the lease could expire"
+                );
+                if shared.settings.exit_on_stuck_attempt {
+                    tracing::error!("exiting so that it cannot run beside its replacement");
+                    #[allow(clippy::exit)]
+                    // The only way to stop code that ignores cancellation and abort.
+                    std::process::exit(EXIT_STUCK);
+                }
+            }
+            (since + margin / 6).max(now + Duration::from_millis(10))
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(check) => {}
+        }
+    }
+}
+
+/// Exit status of a worker that stopped itself because an attempt would not stop (EX_SOFTWARE).
+pub const EXIT_STUCK: i32 = 70;
+
+async fn complete_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
+    give_up: CancellationToken,
+) {
     let store = shared.store.clone();
     let worker_id = shared.settings.worker_id.clone();
-    drop(shared); // the loop ends when every sender (Shared and the attempts) is gone
+    // Not a strong reference: the loop ends when every sender (Shared's) is gone.
+    let weak = Arc::downgrade(&shared);
+    drop(shared);
     let mut stats = Vec::new();
-    let mut labels = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut batch = Vec::new();
-        labels.clear();
-        let mut next = Some(first);
-        while let Some(f) = next.take() {
-            batch.push(f.completion);
-            labels.push((f.task_name, f.queue));
-            if batch.len() < 512 {
-                next = rx.try_recv().ok();
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
             }
         }
+        let completions: Vec<Completion> = batch.iter().map(|f| f.completion.clone()).collect();
         let mut delay = Duration::from_millis(50);
-        let mut tries = 0;
         loop {
-            match store.complete(&worker_id, &batch).await {
+            match store.complete(&worker_id, &completions).await {
                 Ok(results) => {
                     stats.clear();
                     stats.extend(results);
-                    for ((c, (task_name, queue)), r) in batch.iter().zip(&labels).zip(&stats) {
+                    for (f, r) in batch.iter().zip(&stats) {
+                        let c = &f.completion;
                         let Completed::Applied(state) = r else {
                             metrics::counter!("redline_worker_stale_completions_total")
                                 .increment(1);
@@ -465,28 +697,39 @@ async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fini
                         };
                         metrics::counter!(
                             "redline_tasks_completed_total",
-                            "task_name" => task_name.clone(),
-                            "queue" => queue.clone(),
+                            "task_name" => f.task_name.clone(),
+                            "queue" => f.queue.clone(),
                             "outcome" => outcome_label(&c.outcome, *state)
                         )
                         .increment(1);
                     }
                     break;
                 }
-                Err(e) if e.is_unavailable() && tries < 600 => {
-                    // Redis is away: keep the outcomes and try again. They are fenced, so a batch that was
-                    // applied before its reply got lost is rejected as stale the second time, not applied twice.
-                    tries += 1;
+                Err(e) if e.is_unavailable() && !give_up.is_cancelled() => {
+                    // Redis is away, full or read-only: keep the outcomes (their slots stay taken, so they
+                    // are bounded) and try again until they land. They are fenced and a replay is
+                    // recognised, so a batch applied before its reply got lost is not applied twice.
                     tracing::warn!(error = %e, pending = batch.len(), "recording outcomes failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = give_up.cancelled() => {}
+                    }
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, pending = batch.len(), "outcomes lost; their tasks will be recovered when the lease expires");
+                    // Not recorded: the tasks stay under this worker in Redis until it leaves (which hands
+                    // them back) or its lease expires, and then run again.
+                    tracing::error!(error = %e, pending = batch.len(), "outcomes not recorded; their tasks will run again");
                     break;
                 }
             }
         }
+        if let Some(shared) = weak.upgrade() {
+            for f in &batch {
+                shared.release(&f.completion.id, f.completion.fence);
+            }
+        }
+        // Dropping the batch frees the attempts' slots.
     }
 }
 
@@ -554,7 +797,13 @@ async fn execute(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphoreP
     metrics::histogram!("redline_task_run_seconds", "task_name" => task.name.clone(), "queue" => task.queue.clone())
         .record(started.elapsed().as_secs_f64());
     shared.running().remove(&task.id);
-    if let Some(outcome) = outcome {
+    let Some(outcome) = outcome else {
+        // Abandoned (the task moved on, or this worker fenced itself): nothing to record. If Redis still has
+        // it under this worker, the next heartbeat hands it back.
+        shared.release(&task.id, task.fence);
+        return;
+    };
+    {
         match &outcome {
             Outcome::Retry { .. } | Outcome::Failed(_) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -567,7 +816,7 @@ async fn execute(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphoreP
                 shared.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let _ = shared.completions.send(Finished {
+        let finished = Finished {
             completion: Completion {
                 id: task.id.clone(),
                 fence: task.fence,
@@ -575,14 +824,17 @@ async fn execute(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphoreP
             },
             task_name: task.name.clone(),
             queue: task.queue.clone(),
-        });
+            _slot: permit,
+        };
+        if shared.completions.send(finished).is_err() {
+            shared.release(&task.id, task.fence);
+        }
     }
-    drop(permit);
 }
 
 /// Runs one attempt and decides its outcome; `None` when the attempt was abandoned (lease lost).
 async fn attempt(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     task: &ClaimedTask,
     cancel: CancellationToken,
     reason: &Arc<Mutex<Option<StopReason>>>,
@@ -634,15 +886,38 @@ async fn attempt(
     };
     let result = match finished {
         Some(r) => r,
-        // Asked to stop: the handler gets a grace period to notice its token, then it is aborted.
-        None => match tokio::time::timeout(shared.settings.cancel_grace, &mut join).await {
-            Ok(r) => r,
-            Err(_) => {
-                join.abort();
-                tracing::warn!(task_id = %task.id, "handler ignored cancellation; aborted");
-                Ok(Err(TaskError::Cancelled))
+        // Asked to stop: the handler gets a grace period to notice its token, then it is aborted. A fenced
+        // worker has less time: the lease may be about to expire.
+        None => {
+            let fenced =
+                *reason.lock().unwrap_or_else(PoisonError::into_inner) == Some(StopReason::Fenced);
+            let grace = if fenced {
+                shared
+                    .settings
+                    .cancel_grace
+                    .min(shared.lease_and_margin().1 / 3)
+            } else {
+                shared.settings.cancel_grace
+            };
+            match tokio::time::timeout(grace, &mut join).await {
+                Ok(r) => r,
+                Err(_) => {
+                    join.abort();
+                    tracing::warn!(task_id = %task.id, "handler ignored cancellation; aborted");
+                    // An abort takes effect at the handler's next await; code that never awaits (a
+                    // blocking loop) runs on. Count it until it ends: a fenced worker must not keep it.
+                    if tokio::time::timeout(grace, &mut join).await.is_err() {
+                        shared.stuck.fetch_add(1, Ordering::Relaxed);
+                        let counter = Arc::clone(shared);
+                        tokio::spawn(async move {
+                            let _ = join.await;
+                            counter.stuck.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    }
+                    Ok(Err(TaskError::Cancelled))
+                }
             }
-        },
+        }
     };
     let stop = *reason.lock().unwrap_or_else(PoisonError::into_inner);
     let retry = |error: String| Outcome::Retry {
@@ -653,7 +928,7 @@ async fn attempt(
             .delay(task.retries, &mut rand::rng()),
     };
     let stopped = || match stop {
-        Some(StopReason::LeaseLost) => None,
+        Some(StopReason::LeaseLost | StopReason::Fenced) => None,
         Some(StopReason::Shutdown) => Some(Outcome::Requeue),
         Some(StopReason::TimedOut) => Some(retry(format!(
             "time limit of {} s exceeded",

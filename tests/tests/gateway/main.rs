@@ -929,3 +929,49 @@ async fn trace_context_reaches_task_service() {
     let r = suite.get("/tasks/list").await;
     assert_eq!(r.header("x-trace-id").map(str::len), Some(32));
 }
+
+/// A Redis that is full or read-only (a failover in progress) is the service's condition, not the client's
+/// mistake: 503 with a JSON body, never 500; a submit refused that way left nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_or_read_only_redis_answers_503() {
+    let suite = Suite::builder().workers(0).gateway(&[]).start().await;
+    let submit = || suite.post("/tasks/submit", json!({"task_name": "redline.noop"}));
+    suite.redis.set_maxmemory("1");
+    let r = submit().await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.body["error"].is_string(), "{}", r.body);
+    suite.redis.set_maxmemory("0");
+
+    // A failover: a replica takes over and this Redis now follows it, answering READONLY to writes.
+    let replica = redline_testkit::RedisServer::start();
+    replica.follow(&suite.redis);
+    replica.promote();
+    suite.redis.follow(&replica);
+    let r = submit().await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    suite.redis.promote();
+    assert_eq!(submit().await.status, StatusCode::OK);
+}
+
+/// A worker that died without leaving (SIGKILL) keeps its registration until a peer reaps it; it is not a
+/// live worker, and with no other the task service is unhealthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_registration_does_not_count_as_alive() {
+    let suite = Suite::builder().workers(0).gateway(&[]).start().await;
+    let expired_ms = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 60_000)
+        .to_string();
+    assert_eq!(
+        suite
+            .redis
+            .cli(&["ZADD", "{redline}:workers", &expired_ms, "killed-worker"]),
+        "1"
+    );
+    let r = suite.get("/tasks/health").await;
+    assert_eq!(r.body["status"], json!("unhealthy"), "{}", r.body);
+    assert_eq!(r.body["workers"], json!(0));
+    assert_eq!(r.body["error"], json!("No worker alive"));
+}

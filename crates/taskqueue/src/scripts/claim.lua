@@ -18,13 +18,15 @@ local max_recoveries = tonumber(ARGV[5])
 local result_ttl, dead_ttl = retention(tonumber(ARGV[6]), tonumber(ARGV[7]))
 local queues = {}
 for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+-- Before any lease is judged: push leases back if Redis has just come back from an outage (common.lua).
+observe_outage(KEYS[1], math.floor(lease / 3))
 local now_micros = now_us()
 local now = math.floor(now_micros / 1000)
 
 if not redis.call('ZSCORE', KEYS[1], wid) then return { -1 } end
 redis.call('ZADD', KEYS[1], now + lease, wid)
 
--- (b) Recover the tasks of workers whose lease expired (SIGKILL, crash, partition).
+-- (b) Recover the tasks of workers whose lease expired while Redis served (SIGKILL, crash, partition).
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
 for _, dw in ipairs(dead) do
   local akey = active_key(dw)

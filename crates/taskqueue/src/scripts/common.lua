@@ -35,3 +35,42 @@ end
 local function task_event(id, what) redis.call('PUBLISH', NS .. ':ev:' .. id, what) end
 -- Wakes workers blocked waiting for work on a queue.
 local function wake(q) redis.call('PUBLISH', NS .. ':wake:' .. q, '1') end
+
+-- Lease time runs only while Redis serves. Every script that renews or expires leases (claim, heartbeat)
+-- calls this first, with a third of the caller's lease: when no such script ran for longer than that, Redis
+-- was stalled, restarting or out of everyone's reach, and every lease is pushed back by the silence. So after
+-- Redis comes back, workers get a fresh chance to renew before anything is recovered, and an outage never
+-- counts toward a task's poison-pill limit; only a worker that misses its lease while Redis serves its peers
+-- is presumed dead. (Live workers renew every 1/15 of their lease, so the silence is never that long while
+-- any of them can reach Redis. When every worker was gone, the first one back waits one more lease before
+-- it recovers the others' tasks.) Bounded: one key, and one ZADD per registered worker after an outage.
+local function observe_outage(workers_key, silence_ms)
+  local now = now_ms()
+  local clock = NS .. ':clock'
+  local last = tonumber(redis.call('GET', clock) or '')
+  if last and now - last > silence_ms then
+    local gap = now - last
+    local leases = redis.call('ZRANGE', workers_key, 0, -1, 'WITHSCORES')
+    for i = 1, #leases, 2 do
+      redis.call('ZADD', workers_key, tonumber(leases[i + 1]) + gap, leases[i])
+    end
+    redis.call('HINCRBY', NS .. ':stats', 'outages', 1)
+  end
+  redis.call('SET', clock, now, 'PX', 86400000)
+  return now
+end
+
+-- Puts a running task back at the front of its queue without counting the attempt or a recovery: its
+-- worker handed it back (shutdown, leaving), never learnt it held it (a claim whose reply was lost), or
+-- stopped it unfinished because it could not renew its lease (self-fencing). Nothing is spent from the
+-- task's retry budget or poison-pill count.
+local function give_back(id, q, prio)
+  local key = task_key(id)
+  redis.call('HSET', key, 'state', 'queued')
+  redis.call('HINCRBY', key, 'attempt', -1)
+  redis.call('HDEL', key, 'worker', 'started', 'progress')
+  redis.call('RPUSH', queue_key(q, prio), id)
+  redis.call('HINCRBY', stats_key(q), 'running', -1)
+  task_event(id, 'queued')
+  wake(q)
+end

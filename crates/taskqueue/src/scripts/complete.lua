@@ -7,11 +7,14 @@
 -- ARGV[1] namespace, ARGV[2] worker id, ARGV[3] default result ttl s, ARGV[4] default dead-letter ttl s,
 -- ARGV[5] dead-letter cap, ARGV[6] count, then 5 fields per outcome:
 --   task id, fence, kind (ok | retry | fail | cancelled | requeue), payload (result json or error), delay ms
--- Returns, per outcome: the resulting state, or 'stale' when the fence no longer matches.
+-- Returns, per outcome: the resulting state (for an outcome recorded before, too: a retry after a lost
+-- reply), or 'stale' when the fence no longer matches.
 --
 -- Why one script, and why fenced: the state check and the write must be indivisible, or a worker whose
 -- lease expired (its task already recovered and claimed again with a higher fence) could overwrite the newer
--- attempt. A stale completion changes nothing but a counter. Batching outcomes amortises the round trip when
+-- attempt. A stale completion changes nothing but a counter. Each applied outcome leaves its fence in the
+-- record's `settled` field, so sending the same batch again (its reply was lost) reports what was done
+-- instead of calling it stale. Batching outcomes amortises the round trip when
 -- a worker finishes many short tasks.
 local wid = ARGV[2]
 local result_ttl, dead_ttl = retention(tonumber(ARGV[3]), tonumber(ARGV[4]))
@@ -25,16 +28,22 @@ for i = 0, n - 1 do
   local b = 7 + i * 5
   local id, fence, kind, payload, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4])
   local key = task_key(id)
-  local r = redis.call('HMGET', key, 'state', 'fence', 'worker', 'queue', 'prio', 'retries', 'max_retries')
-  if r[1] ~= 'running' or r[2] ~= fence or r[3] ~= wid then
+  local r = redis.call('HMGET', key, 'state', 'fence', 'worker', 'queue', 'prio', 'retries', 'max_retries',
+    'settled')
+  if r[8] == fence and r[2] == fence then
+    -- This very outcome was recorded already: a retry after a reply that got lost. Say what it did.
+    redis.call('SREM', KEYS[1], id)
+    out[#out + 1] = r[1]
+  elseif r[1] ~= 'running' or r[2] ~= fence or r[3] ~= wid then
     redis.call('HINCRBY', KEYS[4], 'stale_completions', 1)
     out[#out + 1] = 'stale'
   else
     local q = r[4]
     local sq = stats_key(q)
     redis.call('SREM', KEYS[1], id)
-    redis.call('HINCRBY', sq, 'running', -1)
     redis.call('HDEL', key, 'cancel')
+    -- The fence of the last outcome recorded, so a replay of it is recognised (above).
+    redis.call('HSET', key, 'settled', fence)
     if kind == 'retry' and tonumber(r[6] or '0') >= tonumber(r[7] or DEFAULT_MAX_RETRIES) then
       kind = 'fail' -- the budget is checked here, against the record, not trusted from the worker
     end
@@ -72,13 +81,12 @@ for i = 0, n - 1 do
     else
       -- 'requeue': the worker is shutting down and never finished this attempt; it does not count.
       state = 'queued'
-      redis.call('HSET', key, 'state', state)
-      redis.call('HINCRBY', key, 'attempt', -1)
-      redis.call('HDEL', key, 'worker', 'started', 'progress')
-      redis.call('RPUSH', queue_key(q, r[5]), id)
-      wake(q)
+      give_back(id, q, r[5])
     end
-    task_event(id, state)
+    if state ~= 'queued' then
+      redis.call('HINCRBY', sq, 'running', -1)
+      task_event(id, state)
+    end
     out[#out + 1] = state
   end
 end

@@ -39,11 +39,27 @@ async fn register(store: &TaskStore, wid: &str) {
             .heartbeat(
                 wid,
                 HeartbeatMode::Register,
+                &[],
                 &[("queues", DEFAULT_QUEUE.to_owned())]
             )
             .await
             .expect("register")
+            .alive
     );
+}
+
+/// Renews `wid`'s lease every 20 ms for `period`: a live peer, so Redis is seen serving meanwhile (lease
+/// time only runs while some worker reaches Redis).
+async fn keep_alive(store: &TaskStore, wid: &str, period: Duration) {
+    let end = tokio::time::Instant::now() + period;
+    while tokio::time::Instant::now() < end {
+        let hb = store
+            .heartbeat(wid, HeartbeatMode::Renew, &[], &[])
+            .await
+            .expect("renew");
+        assert!(hb.alive, "{wid} lost its lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn claim(store: &TaskStore, wid: &str, max: usize) -> Vec<ClaimedTask> {
@@ -151,7 +167,8 @@ async fn claim_then_complete_records_the_result() {
         .await
         .unwrap();
     assert!(ttl > 86_000 && ttl <= 86_400, "result ttl {ttl}");
-    // A second completion of the same attempt is stale, not a second success.
+    // The same attempt reporting again (its first reply was lost, or it is confused) changes nothing: the
+    // reply says what was recorded, and nothing is counted stale.
     let again = f
         .store
         .complete(
@@ -164,7 +181,13 @@ async fn claim_then_complete_records_the_result() {
         )
         .await
         .unwrap();
-    assert_eq!(again, vec![Completed::Stale]);
+    assert_eq!(again, vec![Completed::Applied(TaskState::Succeeded)]);
+    let rec = f.store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.result),
+        (TaskState::Succeeded, Some(json!({"ok": true})))
+    );
+    assert_eq!(f.store.stats().await.unwrap().stale_completions, 0);
 }
 
 #[tokio::test]
@@ -193,9 +216,10 @@ async fn a_lost_lease_recovers_the_task_and_rejects_the_late_completion() {
     let first = claim(&f.store, "slow", 1).await;
     assert_eq!(first[0].fence, 1);
 
-    // "slow" stops heartbeating; after its lease, another worker's claim recovers the task.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // "slow" stops heartbeating while "fast" keeps renewing; after its lease, a claim of "fast" recovers
+    // the task.
     register(&f.store, "fast").await;
+    keep_alive(&f.store, "fast", Duration::from_millis(400)).await;
     let second = claim(&f.store, "fast", 1).await;
     assert_eq!(second.len(), 1);
     assert_eq!(
@@ -222,9 +246,10 @@ async fn a_lost_lease_recovers_the_task_and_rejects_the_late_completion() {
     assert_eq!(late, vec![Completed::Stale]);
     assert!(
         !f.store
-            .heartbeat("slow", HeartbeatMode::Renew, &[])
+            .heartbeat("slow", HeartbeatMode::Renew, &[], &[])
             .await
-            .unwrap(),
+            .unwrap()
+            .alive,
         "lost lease is reported"
     );
     assert_eq!(
@@ -787,4 +812,146 @@ async fn the_retention_task_service_sets_governs_completions() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&ttl), "ttl {ttl}");
+}
+
+/// What Redis has under a worker and what the worker says it holds are reconciled by every heartbeat:
+/// unknown tasks go back to their queue unspent, held tasks that moved on are named, and a cancellation is
+/// re-delivered.
+#[tokio::test]
+async fn heartbeats_reconcile_what_a_worker_holds() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let ids: Vec<String> = f
+        .store
+        .submit(
+            &(0..3)
+                .map(|_| NewTask::new("redline.noop", DEFAULT_QUEUE))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let claimed = claim(&f.store, "w", 3).await;
+    assert_eq!(claimed.len(), 3);
+    let fence = |id: &str| claimed.iter().find(|c| c.id == id).unwrap().fence;
+    // The worker knows of the first (cancelled meanwhile) and of the second under an old fence; the third's
+    // claim reply never reached it.
+    f.redis
+        .cli(&["HSET", &f.store.keys().task(&ids[0]), "cancel", "1"]);
+    let held = vec![
+        (ids[0].clone(), fence(&ids[0])),
+        (ids[1].clone(), fence(&ids[1]) + 7),
+    ];
+    let hb = f
+        .store
+        .heartbeat("w", HeartbeatMode::Renew, &held, &[])
+        .await
+        .unwrap();
+    assert!(hb.alive);
+    assert_eq!(hb.cancel, vec![ids[0].clone()]);
+    assert_eq!(hb.stop, vec![ids[1].clone()]);
+    assert_eq!(hb.given_back, 1);
+    let third = f.store.get(&ids[2]).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            third.state,
+            third.attempt,
+            third.recoveries,
+            third.worker_id
+        ),
+        (TaskState::Queued, 0, 0, None)
+    );
+    let again = claim(&f.store, "w", 3).await;
+    assert_eq!(
+        again.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        vec![ids[2].as_str()],
+        "the handed-back task is claimable again, first attempt"
+    );
+    assert_eq!(again[0].attempt, 1);
+}
+
+/// A worker that leaves hands back whatever Redis still has under it, instead of leaving it to a lease that
+/// no one will ever look at again.
+#[tokio::test]
+async fn leaving_hands_back_what_the_worker_still_holds() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let t = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    submit_one(&f.store, t.clone()).await;
+    assert_eq!(claim(&f.store, "w", 1).await.len(), 1);
+    let hb = f
+        .store
+        .heartbeat("w", HeartbeatMode::Leave, &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(hb.given_back, 1);
+    let rec = f.store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempt), (TaskState::Queued, 0));
+    assert!(f.store.workers().await.unwrap().is_empty());
+    let key: i64 = f
+        .store
+        .client()
+        .exists(f.store.keys().worker_active("w"))
+        .await
+        .unwrap();
+    assert_eq!(key, 0, "the active set is gone");
+}
+
+/// A worker whose lease ran out is not alive, even before a peer reaps it.
+#[tokio::test]
+async fn only_workers_with_a_running_lease_are_listed_and_counted() {
+    let f = fixture_with(QueueConfig {
+        lease: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    register(&f.store, "dead").await;
+    register(&f.store, "alive").await;
+    keep_alive(&f.store, "alive", Duration::from_millis(500)).await;
+    let listed: Vec<String> = f
+        .store
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(listed, vec!["alive".to_owned()]);
+    assert_eq!(f.store.stats().await.unwrap().workers, 1);
+    assert_eq!(f.store.live_workers().await.unwrap(), 1);
+}
+
+/// A full Redis refuses a submission whole and lets the queue drain: claims and completions still run.
+#[tokio::test]
+async fn a_full_redis_refuses_submits_atomically_and_still_drains() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let queued = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    submit_one(&f.store, queued.clone()).await;
+    f.redis.set_maxmemory("1");
+    let refused = NewTask::new("redline.noop", DEFAULT_QUEUE);
+    let err = f
+        .store
+        .submit(std::slice::from_ref(&refused))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(f.store.get(&refused.id).await.unwrap().is_none());
+    let c = claim(&f.store, "w", 1).await;
+    assert_eq!(c.len(), 1);
+    let done = f
+        .store
+        .complete(
+            "w",
+            &[Completion {
+                id: queued.id.clone(),
+                fence: c[0].fence,
+                outcome: Outcome::Succeeded(json!(1)),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, vec![Completed::Applied(TaskState::Succeeded)]);
 }

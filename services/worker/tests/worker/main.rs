@@ -121,15 +121,7 @@ impl Harness {
 }
 
 async fn store_for(url: &str) -> TaskStore {
-    let client = connect::client(url, &RedisOptions::default()).unwrap();
-    client.wait_for_connect().await.unwrap();
-    TaskStore::new(
-        client,
-        QueueConfig {
-            lease: Duration::from_millis(900),
-            ..Default::default()
-        },
-    )
+    redline_testkit::task_store(url, Duration::from_millis(900)).await
 }
 
 fn task(name: &str, kwargs: Value) -> NewTask {

@@ -1,0 +1,436 @@
+//! An execution journal outside the queue, and the checker that judges a history by it.
+//!
+//! The queue's own records say what Redis believes; whether a task ran twice at once is a fact about the
+//! workers, so it is written down by the code that runs: the [`Journaled`] task type appends a line when an
+//! attempt starts and when it stops, with the task id, attempt, fence and worker, to a file every process of
+//! a test shares. Killing a worker process is written down too ([`Journal::killed`]), since a killed attempt
+//! cannot say that it stopped. [`Journal::check`] then reads the history and the store and reports, in the
+//! manner of a Jepsen checker:
+//!
+//! - **lost**: an acknowledged submit whose task did not succeed;
+//! - **running without a lease**: a task Redis calls running under a worker whose lease has run out;
+//! - **concurrent**: two executions of one task that overlap in time;
+//! - **finished twice**: a task whose handler ran to its end more than once;
+//! - and, as a figure rather than a failure, **re-runs**: executions beyond the first of each task.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use redline_catalog::TaskType;
+use redline_taskqueue::{TaskState, TaskStore};
+use redline_worker::{TaskContext, TaskError, TaskHandler};
+use serde::{Deserialize, Serialize};
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Entry {
+    /// An attempt began running its handler.
+    Start {
+        /// Task id.
+        task: String,
+        /// Attempt number.
+        attempt: u32,
+        /// The attempt's fence.
+        fence: u64,
+        /// The worker running it.
+        worker: String,
+        /// Wall-clock microseconds (every process of a test shares the machine's clock).
+        at_us: u64,
+    },
+    /// An attempt's handler returned.
+    End {
+        /// Task id.
+        task: String,
+        /// The attempt's fence.
+        fence: u64,
+        /// The worker that ran it.
+        worker: String,
+        /// Wall-clock microseconds.
+        at_us: u64,
+        /// True when it ran to its end; false when it stopped on cancellation.
+        finished: bool,
+    },
+    /// A worker process was killed: its open executions ended at this instant.
+    Killed {
+        /// The worker.
+        worker: String,
+        /// Wall-clock microseconds.
+        at_us: u64,
+    },
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// An append-only JSON-lines file shared by the processes of one test. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    path: PathBuf,
+    file: Arc<Mutex<File>>,
+}
+
+impl Journal {
+    /// Opens (creating) the journal at `path` for appending.
+    ///
+    /// # Panics
+    /// When the file cannot be opened.
+    pub fn open(path: &Path) -> Self {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("the journal file opens");
+        Self {
+            path: path.to_owned(),
+            file: Arc::new(Mutex::new(file)),
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry. Each line is written with one `write` on an `O_APPEND` file, so lines from several
+    /// processes do not interleave.
+    ///
+    /// # Panics
+    /// When the file cannot be written: a journal with holes would make the checker lie.
+    pub fn record(&self, entry: &Entry) {
+        let mut line = serde_json::to_vec(entry).expect("an entry serializes");
+        line.push(b'\n');
+        self.file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(&line)
+            .expect("the journal is writable");
+    }
+
+    /// Records that `worker`'s process was killed now.
+    pub fn killed(&self, worker: &str) {
+        self.record(&Entry::Killed {
+            worker: worker.to_owned(),
+            at_us: now_us(),
+        });
+    }
+
+    /// Every entry so far, in file order.
+    ///
+    /// # Panics
+    /// When the file cannot be read or holds a line that is not an entry.
+    pub fn entries(&self) -> Vec<Entry> {
+        let file = File::open(&self.path).expect("the journal is readable");
+        BufReader::new(file)
+            .lines()
+            .map(|l| serde_json::from_str(&l.expect("a line")).expect("an entry"))
+            .collect()
+    }
+
+    /// Judges the history: the journal, and what `store` says of every `acknowledged` task now. Call it once
+    /// the workload has settled (every task had time to finish).
+    ///
+    /// # Panics
+    /// When the store cannot be read.
+    pub async fn check(&self, acknowledged: &[String], store: &TaskStore) -> Verdict {
+        let mut verdict = judge(&self.entries());
+        let live: HashSet<String> = store
+            .workers()
+            .await
+            .expect("workers")
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        for id in acknowledged {
+            match store.get(id).await.expect("a task record") {
+                Some(r) if r.state == TaskState::Succeeded => {}
+                Some(r) if r.state == TaskState::Running => {
+                    if !r.worker_id.as_ref().is_some_and(|w| live.contains(w)) {
+                        verdict.running_without_lease.push(id.clone());
+                    }
+                    verdict.lost.push(format!("{id} ({:?})", r.state));
+                }
+                Some(r) => verdict.lost.push(format!("{id} ({:?})", r.state)),
+                None => verdict.lost.push(format!("{id} (no record)")),
+            }
+        }
+        verdict
+    }
+}
+
+/// What a history shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Acknowledged tasks that did not succeed (with the state they are in).
+    pub lost: Vec<String>,
+    /// Tasks Redis calls running under a worker without a live lease.
+    pub running_without_lease: Vec<String>,
+    /// Tasks with two executions overlapping in time (with the two workers).
+    pub concurrent: Vec<String>,
+    /// Tasks whose handler ran to its end more than once.
+    pub finished_twice: Vec<String>,
+    /// Executions beyond the first of each task.
+    pub reruns: usize,
+    /// Executions in the journal.
+    pub executions: usize,
+}
+
+impl Verdict {
+    /// True when nothing was lost, left running, run at once twice or finished twice.
+    pub fn is_clean(&self) -> bool {
+        self.lost.is_empty()
+            && self.running_without_lease.is_empty()
+            && self.concurrent.is_empty()
+            && self.finished_twice.is_empty()
+    }
+
+    /// Panics with the whole verdict unless it is clean.
+    ///
+    /// # Panics
+    /// When the history shows a lost, stranded, concurrent or twice-finished task.
+    pub fn assert_clean(&self) {
+        assert!(self.is_clean(), "the history is not clean: {self:#?}");
+    }
+}
+
+/// One execution: when it started and, if known, when it ended.
+#[derive(Debug)]
+struct Execution {
+    worker: String,
+    start: u64,
+    end: Option<u64>,
+    finished: bool,
+}
+
+/// The journal-only part of the verdict.
+fn judge(entries: &[Entry]) -> Verdict {
+    let mut by_task: BTreeMap<&str, BTreeMap<(u64, &str), Execution>> = BTreeMap::new();
+    let mut kills: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for e in entries {
+        match e {
+            Entry::Start {
+                task,
+                fence,
+                worker,
+                at_us,
+                ..
+            } => {
+                by_task.entry(task).or_default().insert(
+                    (*fence, worker),
+                    Execution {
+                        worker: worker.clone(),
+                        start: *at_us,
+                        end: None,
+                        finished: false,
+                    },
+                );
+            }
+            Entry::End {
+                task,
+                fence,
+                worker,
+                at_us,
+                finished,
+            } => {
+                if let Some(x) = by_task
+                    .get_mut(task.as_str())
+                    .and_then(|t| t.get_mut(&(*fence, worker.as_str())))
+                {
+                    x.end = Some(*at_us);
+                    x.finished = *finished;
+                }
+            }
+            Entry::Killed { worker, at_us } => kills.entry(worker).or_default().push(*at_us),
+        }
+    }
+    let mut verdict = Verdict::default();
+    for (task, executions) in &by_task {
+        let spans: Vec<(u64, u64, &Execution)> = executions
+            .values()
+            .map(|x| {
+                // An execution that never said it ended stopped when its process was killed, if it was.
+                let end = x.end.unwrap_or_else(|| {
+                    kills
+                        .get(x.worker.as_str())
+                        .and_then(|k| k.iter().copied().find(|&k| k >= x.start))
+                        .unwrap_or(u64::MAX)
+                });
+                (x.start, end, x)
+            })
+            .collect();
+        verdict.executions += spans.len();
+        verdict.reruns += spans.len().saturating_sub(1);
+        'pairs: for (i, a) in spans.iter().enumerate() {
+            for b in &spans[i + 1..] {
+                if a.0 < b.1 && b.0 < a.1 {
+                    verdict.concurrent.push(format!(
+                        "{task}: {} and {} overlap by {:?}",
+                        a.2.worker,
+                        b.2.worker,
+                        Duration::from_micros(a.1.min(b.1).saturating_sub(a.0.max(b.0)))
+                    ));
+                    break 'pairs;
+                }
+            }
+        }
+        if spans.iter().filter(|s| s.2.finished).count() > 1 {
+            verdict.finished_twice.push((*task).to_owned());
+        }
+    }
+    verdict
+}
+
+/// Arguments of [`JournalTask`].
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JournalArgs {
+    /// How long the handler works, in milliseconds (at most an hour).
+    #[serde(default)]
+    pub ms: u64,
+}
+
+/// A test task type that writes its executions to a [`Journal`].
+#[derive(Debug)]
+pub struct JournalTask;
+
+impl TaskType for JournalTask {
+    const NAME: &'static str = "test.journal";
+    const DESCRIPTION: &'static str =
+        "Works for `ms` milliseconds, writing its start and end to the execution journal.";
+    type Args = JournalArgs;
+    type Output = ();
+}
+
+/// The handler of [`JournalTask`] for one worker: stops promptly when cancelled, and says so in the journal.
+#[derive(Debug, Clone)]
+pub struct Journaled {
+    journal: Journal,
+    worker: String,
+}
+
+impl Journaled {
+    /// A handler writing to `journal` as `worker`.
+    pub fn new(journal: Journal, worker: &str) -> Self {
+        Self {
+            journal,
+            worker: worker.to_owned(),
+        }
+    }
+}
+
+impl TaskHandler for Journaled {
+    type Task = JournalTask;
+
+    fn run(
+        &self,
+        ctx: TaskContext,
+        args: JournalArgs,
+    ) -> BoxFuture<'static, Result<(), TaskError>> {
+        let journal = self.journal.clone();
+        let worker = self.worker.clone();
+        async move {
+            journal.record(&Entry::Start {
+                task: ctx.task_id.clone(),
+                attempt: ctx.attempt,
+                fence: ctx.fence(),
+                worker: worker.clone(),
+                at_us: now_us(),
+            });
+            let work = Duration::from_millis(args.ms.min(3_600_000));
+            let finished = tokio::select! {
+                () = tokio::time::sleep(work) => true,
+                () = ctx.cancellation().cancelled() => false,
+            };
+            journal.record(&Entry::End {
+                task: ctx.task_id.clone(),
+                fence: ctx.fence(),
+                worker,
+                at_us: now_us(),
+                finished,
+            });
+            if finished {
+                Ok(())
+            } else {
+                Err(TaskError::Cancelled)
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(task: &str, fence: u64, worker: &str, at_us: u64) -> Entry {
+        Entry::Start {
+            task: task.into(),
+            attempt: fence as u32,
+            fence,
+            worker: worker.into(),
+            at_us,
+        }
+    }
+
+    fn end(task: &str, fence: u64, worker: &str, at_us: u64, finished: bool) -> Entry {
+        Entry::End {
+            task: task.into(),
+            fence,
+            worker: worker.into(),
+            at_us,
+            finished,
+        }
+    }
+
+    #[test]
+    fn sequential_reruns_are_counted_not_flagged() {
+        let v = judge(&[
+            start("t", 1, "a", 10),
+            end("t", 1, "a", 20, false),
+            start("t", 2, "b", 30),
+            end("t", 2, "b", 40, true),
+        ]);
+        assert!(
+            v.concurrent.is_empty() && v.finished_twice.is_empty(),
+            "{v:?}"
+        );
+        assert_eq!((v.executions, v.reruns), (2, 1));
+    }
+
+    #[test]
+    fn overlapping_and_twice_finished_executions_are_flagged() {
+        let v = judge(&[
+            start("t", 1, "a", 10),
+            start("t", 2, "b", 15),
+            end("t", 1, "a", 20, true),
+            end("t", 2, "b", 40, true),
+        ]);
+        assert_eq!(v.concurrent.len(), 1, "{v:?}");
+        assert_eq!(v.finished_twice, vec!["t".to_owned()]);
+    }
+
+    #[test]
+    fn a_killed_execution_ends_at_the_kill_and_an_open_one_never_ends() {
+        let killed = judge(&[
+            start("t", 1, "a", 10),
+            Entry::Killed {
+                worker: "a".into(),
+                at_us: 12,
+            },
+            start("t", 2, "b", 15),
+        ]);
+        assert!(killed.concurrent.is_empty(), "{killed:?}");
+        let open = judge(&[start("t", 1, "a", 10), start("t", 2, "b", 15)]);
+        assert_eq!(open.concurrent.len(), 1, "{open:?}");
+    }
+}
