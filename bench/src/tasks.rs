@@ -156,7 +156,7 @@ pub async fn run(args: TaskBenchArgs, server: PathBuf) -> anyhow::Result<()> {
     let after = used_memory(&redis_client).await?;
     let per_task = (after.saturating_sub(before)) as f64 / n as f64;
     println!(
-        "memory     per queued redline.noop task ..................... {per_task:>9.0} bytes    (target ≤ 500)"
+        "memory     per queued redline.noop task ..................... {per_task:>9.0} bytes    (target ≤ 195)"
     );
 
     // 4. Drain 100,000 queued no-op tasks with 2 worker processes.

@@ -165,16 +165,18 @@ fn schemas() -> Value {
         "properties": {"active_tasks": count, "scheduled_tasks": count, "reserved_tasks": count,
             "registered_tasks": count,
             "worker_stats": {"type": "object", "additionalProperties": {"type": "object"}}}});
+    // What TaskService accepts as an id (it makes 16-character ones; a client may choose its own).
+    let task_id = json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"});
     json!({
         "Error": {"type": "object", "required": ["error", "code", "message", "details"],
             "properties": {"error": string, "code": {"type": "integer"}, "message": string,
                 "details": {"type": "array"}, "retry_after": {"type": "integer"}}},
         "Submitted": {"type": "object", "required": ["task_id", "status", "message"],
-            "properties": {"task_id": {"type": "string", "format": "uuid"},
+            "properties": {"task_id": task_id,
                 "status": {"type": "string", "enum": ["submitted"]}, "message": string}},
         "Task": {"type": "object",
             "required": ["task_id", "task_name", "args", "kwargs", "status", "state", "queue", "priority"],
-            "properties": {"task_id": {"type": "string", "format": "uuid"}, "task_name": string,
+            "properties": {"task_id": task_id, "task_name": string,
                 "args": {"type": "array"}, "kwargs": {"type": "object"}, "status": status, "state": state,
                 "queue": string, "priority": {"type": "integer", "minimum": 0, "maximum": 9},
                 "submitted_at": timestamp, "started_at": timestamp, "completed_at": timestamp,

@@ -17,6 +17,12 @@ pub enum StoreError {
     /// A listing cursor that no listing of that index returned.
     #[error("not a page token returned by this listing")]
     BadCursor,
+    /// A new queue name would exceed the namespace's cap on queues; nothing of the call was stored.
+    #[error("the namespace already has its maximum of {max} queues; submit to an existing queue")]
+    TooManyQueues {
+        /// The cap.
+        max: u64,
+    },
 }
 
 impl StoreError {
@@ -53,6 +59,13 @@ impl From<fred::error::Error> for StoreError {
             | ErrorKind::Routing
             | ErrorKind::Sentinel => Self::Unavailable(e),
             _ if TRANSIENT.iter().any(|p| e.details().starts_with(p)) => Self::Unavailable(e),
+            // The submit script's refusal (see submit.lua): "QUEUES <max>".
+            _ if e.details().starts_with("QUEUES ") => Self::TooManyQueues {
+                max: e.details()["QUEUES ".len()..]
+                    .trim()
+                    .parse()
+                    .unwrap_or_default(),
+            },
             _ => Self::Redis(e),
         }
     }

@@ -12,18 +12,19 @@
 //! | `{ns}:t:<id>` | HASH | task record (fields read by `TaskRecord::from_fields` in `model.rs`); terminal records carry a TTL |
 //! | `{ns}:q:<queue>:<p>` | LIST | queued task ids of priority `p` (0–9): LPUSH new, RPOP next, RPUSH to the front |
 //! | `{ns}:sched:<queue>` | ZSET | scheduled ids (eta or retry backoff), score = due epoch ms |
-//! | `{ns}:queues` | SET | queue names ever used |
-//! | `{ns}:all` | STREAM | listing index: one entry per submit call, fields = its task ids; trimmed past the index retention (7 d) |
-//! | `{ns}:done` | ZSET | terminal task ids, score = completed epoch ms (cleanup and listing) |
+//! | `{ns}:queues` | SET | queue names ever used, at most `max_queues` |
+//! | `{ns}:all` | STREAM | listing index: one entry per submit call, field `ids` = its task ids; trimmed past the result TTL and `max_finished` entries |
+//! | `{ns}:done` | ZSET | terminal task ids, score = completed epoch ms; past the longest TTL or `max_finished` entries the oldest go, with their records |
 //! | `{ns}:dead` | ZSET | dead-letter index: failed ids, score = failed epoch ms, capped by count and age |
 //! | `{ns}:idem:<key>` | STRING | idempotency key → task id, with a TTL |
 //! | `{ns}:workers` | ZSET | live worker ids, score = lease expiry epoch ms |
 //! | `{ns}:w:<wid>` | HASH | worker info for ListWorkers, with a TTL |
 //! | `{ns}:w:<wid>:active` | SET | ids of the tasks a worker holds |
 //! | `{ns}:stats:<queue>` | HASH | per-queue counters: running, succeeded, failed, cancelled, retried, recovered |
-//! | `{ns}:stats` | HASH | global counters: stale_completions, lease_expiries |
+//! | `{ns}:stats` | HASH | global counters: stale_completions, lease_expiries, outages |
 //! | `{ns}:types` | HASH | task type name → task spec JSON (schemas, defaults), published by workers |
-//! | `{ns}:settings` | HASH | `result_ttl`, `dead_letter_ttl` (s), written by TaskService; the scripts apply them |
+//! | `{ns}:settings` | HASH | `result_ttl`, `dead_letter_ttl` (s), `max_finished`, `max_queues`, written by TaskService; the scripts apply them |
+//! | `{ns}:clock` | STRING | Redis time (ms) of the last claim or heartbeat, to tell an outage from dead workers; 1 day TTL |
 //!
 //! Pub/sub channels: `{ns}:wake:<queue>` (work arrived), `{ns}:ev:<id>` (a task changed, for WatchTask),
 //! `{ns}:ctl:<wid>` (cancel a running task on that worker).
@@ -137,6 +138,11 @@ impl Keys {
         format!("{}:settings", self.ns)
     }
 
+    /// Redis time of the last claim or heartbeat (see `observe_outage` in `scripts/common.lua`).
+    pub fn clock(&self) -> String {
+        format!("{}:clock", self.ns)
+    }
+
     /// Task types published by workers.
     pub fn task_types(&self) -> String {
         format!("{}:types", self.ns)
@@ -205,6 +211,7 @@ mod tests {
             ("NS .. ':ev:' .. id", k.event_channel("ID"), "{ns}:ev:ID"),
             ("NS .. ':wake:' .. q", k.wake_channel("Q"), "{ns}:wake:Q"),
             ("NS .. ':settings'", k.settings(), "{ns}:settings"),
+            ("NS .. ':clock'", k.clock(), "{ns}:clock"),
         ];
         for (lua_expr, rust, expected) in cases {
             assert!(

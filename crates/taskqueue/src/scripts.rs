@@ -27,10 +27,15 @@ fn script(when_full: WhenFull, body: &str) -> Script {
         WhenFull::Refuse => "#!lua",
         WhenFull::Drain => "#!lua flags=allow-oom",
     };
-    // The defaults records omit, defined once (in the model) for Rust and Lua alike.
+    // The defaults records omit and the settings fall back to, defined once (in Rust) for Rust and Lua.
     let defaults = format!(
-        "local DEFAULT_MAX_RETRIES = {}\n",
-        redline_catalog::DEFAULT_MAX_RETRIES
+        "local DEFAULT_MAX_RETRIES = {}\nlocal DEFAULT_QUEUE = '{}'\nlocal DEFAULT_PRIORITY = '{}'\n\
+         local DEFAULT_MAX_FINISHED = {}\nlocal DEFAULT_MAX_QUEUES = {}\n",
+        redline_catalog::DEFAULT_MAX_RETRIES,
+        crate::DEFAULT_QUEUE,
+        crate::DEFAULT_PRIORITY,
+        crate::store::DEFAULT_MAX_FINISHED,
+        crate::store::DEFAULT_MAX_QUEUES,
     );
     Script::from_lua(format!("{flags}\n{defaults}{COMMON}\n{body}"))
 }

@@ -1,6 +1,6 @@
 //! [`TaskStore`]: typed operations over the key layout (`keys.rs`) and the scripts (`scripts.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use fred::clients::WithOptions;
@@ -33,10 +33,17 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// A task recovered more often than this is quarantined as failed (a poison pill).
     pub max_recoveries: u32,
-    /// How far back ListTasks reaches: the listing index forgets submissions older than this (the records
-    /// themselves live by their own TTLs; GetTask still finds them).
-    pub index_retention: Duration,
+    /// At most this many finished records are kept (the oldest go first), and the listing index holds at
+    /// most this many submit calls: what bounds Redis memory for finished work, whatever the TTLs.
+    pub max_finished: u64,
+    /// At most this many queues per namespace (queues are created by use).
+    pub max_queues: u64,
 }
+
+/// [`QueueConfig::max_finished`] by default: about 30 MB of finished no-op records.
+pub const DEFAULT_MAX_FINISHED: u64 = 100_000;
+/// [`QueueConfig::max_queues`] by default.
+pub const DEFAULT_MAX_QUEUES: u64 = 1_000;
 
 impl Default for QueueConfig {
     fn default() -> Self {
@@ -48,7 +55,8 @@ impl Default for QueueConfig {
             idempotency_ttl: Duration::from_secs(86_400),
             lease: Duration::from_secs(14),
             max_recoveries: 10,
-            index_retention: Duration::from_secs(7 * 86_400),
+            max_finished: DEFAULT_MAX_FINISHED,
+            max_queues: DEFAULT_MAX_QUEUES,
         }
     }
 }
@@ -172,7 +180,7 @@ impl TaskStore {
         let mut args = Vec::with_capacity(3 + tasks.len() * 13);
         args.push(self.keys.namespace().to_owned());
         args.push(tasks.len().to_string());
-        args.push(ms(self.config.index_retention));
+        args.push(self.config.result_ttl.as_secs().max(1).to_string());
         for t in tasks {
             args.push(t.id.clone());
             args.push(t.name.clone());
@@ -356,6 +364,12 @@ impl TaskStore {
     }
 
     /// The dead-letter index (a sorted set by failure time), newest first; the cursor is `score:id`.
+    ///
+    /// Pages walk the set by rank, not by score: one batch of completions gives many tasks the same score,
+    /// and a walk by score would re-read that whole run for every page (or forever, past the length of a
+    /// read). A page starts right after its cursor's member when that is still in the set (ZREVRANK), else
+    /// after every member that sorts before the cursor's position (higher score, or the same score and a
+    /// greater id: Redis orders equal scores by member), so a trimmed cursor neither repeats nor skips.
     async fn list_dead(
         &self,
         filter: &ListFilter,
@@ -365,46 +379,53 @@ impl TaskStore {
         let index = self.keys.dead();
         let mut out = Vec::new();
         let mut missing = Vec::new();
-        let mut max = cursor
-            .as_ref()
-            .map(|(s, _)| s.to_string())
-            .unwrap_or_else(|| "+inf".to_owned());
-        let mut skip_until = cursor.map(|(_, id)| id);
-        // Scan the index in chunks, filtering records; bounded so a very selective filter can't run forever.
+        // Where to start reading, and (for a cursor whose member is gone) what to skip at the start.
+        let (mut rank, mut skip_before) = match &cursor {
+            None => (0u64, None),
+            Some((score, id)) => {
+                let rank: Option<u64> = self.cmd.zrevrank(&index, id, false).await?;
+                match rank {
+                    Some(r) => (r + 1, None),
+                    None => {
+                        // Scores are whole milliseconds: "above score" starts at score + 1.
+                        let higher: u64 = self
+                            .cmd
+                            .zcount(&index, (*score + 1) as f64, f64::INFINITY)
+                            .await?;
+                        (higher, Some((*score, id.clone())))
+                    }
+                }
+            }
+        };
+        // Ids already returned by this call: a failure added while it reads shifts ranks down by one.
+        let mut seen = HashSet::new();
+        let chunk = (limit * 2).max(100) as u64;
+        // Bounded, so a very selective filter over a long history can't run forever.
         let mut scanned = 0usize;
-        let chunk = (limit * 2).max(100);
         let mut next = None;
         'scan: while scanned < 20_000 {
             let page: Vec<(String, f64)> = self
                 .cmd
-                .custom(
-                    CustomCommand::new_static("ZREVRANGEBYSCORE", ClusterHash::FirstKey, false),
-                    vec![
-                        index.clone(),
-                        max.clone(),
-                        "-inf".to_owned(),
-                        "WITHSCORES".to_owned(),
-                        "LIMIT".to_owned(),
-                        "0".to_owned(),
-                        chunk.to_string(),
-                    ],
-                )
+                .zrevrange(&index, rank as i64, (rank + chunk - 1) as i64, true)
                 .await?;
             if page.is_empty() {
                 break;
             }
+            rank += page.len() as u64;
             let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
             let records = self.get_many(&ids).await?;
-            let last_score = page.last().map(|(_, s)| *s as u64).unwrap_or(0);
             for ((id, score), rec) in page.iter().zip(records) {
-                if let Some(skip) = &skip_until {
-                    if id != skip {
+                scanned += 1;
+                let score = *score as u64;
+                if let Some((s, cursor_id)) = &skip_before {
+                    if score == *s && id.as_bytes() >= cursor_id.as_bytes() {
                         continue;
                     }
-                    skip_until = None;
+                    skip_before = None;
+                }
+                if !seen.insert(id.clone()) {
                     continue;
                 }
-                scanned += 1;
                 let Some(rec) = rec else {
                     missing.push(id.clone());
                     continue;
@@ -412,17 +433,14 @@ impl TaskStore {
                 if filter.matches(&rec) {
                     out.push(rec);
                     if out.len() == limit {
-                        next = Some(Cursor(format!("{}:{id}", *score as u64)));
+                        next = Some(Cursor(format!("{score}:{id}")));
                         break 'scan;
                     }
                 }
             }
-            if page.len() < chunk {
+            if (page.len() as u64) < chunk {
                 break;
             }
-            // Continue from the last score; ids sharing that score are skipped up to the last one seen.
-            max = last_score.to_string();
-            skip_until = page.last().map(|(id, _)| id.clone());
         }
         if !missing.is_empty() {
             // Index entries whose record expired: drop them so later listings skip the lookup.
@@ -572,7 +590,7 @@ impl TaskStore {
         Ok(out)
     }
 
-    /// Writes this process's retention settings for every script to apply (TaskService calls it at start and
+    /// Writes this process's retention settings and caps for every script to apply (TaskService calls it at start and
     /// every few seconds, so a Redis that lost them gets them back).
     pub async fn publish_settings(&self) -> Result<(), StoreError> {
         let _: () = self
@@ -585,6 +603,8 @@ impl TaskStore {
                         "dead_letter_ttl",
                         self.config.dead_letter_ttl.as_secs().max(1),
                     ),
+                    ("max_finished", self.config.max_finished.max(1)),
+                    ("max_queues", self.config.max_queues.max(1)),
                 ],
             )
             .await?;
@@ -617,6 +637,7 @@ impl TaskStore {
                     self.keys.namespace().to_owned(),
                     id.to_owned(),
                     self.config.result_ttl.as_secs().max(1).to_string(),
+                    self.config.dead_letter_ttl.as_secs().max(1).to_string(),
                 ],
             )
             .await?;
@@ -991,7 +1012,7 @@ impl Cursor {
     }
 }
 
-/// XREVRANGE's reply: `[[entry id, [field, value, ...]], ...]`, fields being task ids.
+/// XREVRANGE's reply: `[[entry id, ["ids", "id id ..."]], ...]`.
 fn stream_entries(reply: Value) -> Result<Vec<(String, Vec<String>)>, StoreError> {
     reply
         .into_array()
@@ -1003,7 +1024,14 @@ fn stream_entries(reply: Value) -> Result<Vec<(String, Vec<String>)>, StoreError
                 .map(|v| text(&v))
                 .ok_or_else(|| protocol("stream entry"))?;
             let fields = parts.next().map(Value::into_array).unwrap_or_default();
-            let ids = fields.iter().step_by(2).map(text).collect();
+            let ids = fields
+                .get(1)
+                .map(text)
+                .unwrap_or_default()
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
             Ok((id, ids))
         })
         .collect()

@@ -41,6 +41,12 @@ pub struct Args {
     /// How long an idempotency key maps to its task.
     #[arg(long, env = "REDLINE_IDEMPOTENCY_TTL", default_value = "1d")]
     pub idempotency_ttl: String,
+    /// Most finished tasks kept (the oldest are deleted first, whatever their TTL): bounds Redis memory.
+    #[arg(long, env = "REDLINE_MAX_FINISHED", default_value = "100000")]
+    pub max_finished: String,
+    /// Most queues in the namespace (a submit naming a new queue past this is refused).
+    #[arg(long, env = "REDLINE_MAX_QUEUES", default_value = "1000")]
+    pub max_queues: String,
 }
 
 impl Default for Args {
@@ -68,6 +74,10 @@ pub struct Config {
     pub result_ttl: Duration,
     /// Lifetime of idempotency keys.
     pub idempotency_ttl: Duration,
+    /// Most finished records kept.
+    pub max_finished: u64,
+    /// Most queues.
+    pub max_queues: u64,
 }
 
 impl Config {
@@ -87,6 +97,15 @@ impl Config {
         };
         let result_ttl = errors.duration_of("result-ttl", &args.result_ttl, true);
         let idempotency_ttl = errors.duration_of("idempotency-ttl", &args.idempotency_ttl, true);
+        let mut count = |flag: &str, raw: &str, max: u64| match raw.parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                errors.push(format!("--{flag}: must be a whole number from 1 to {max}"));
+                1
+            }
+        };
+        let max_finished = count("max-finished", &args.max_finished, 100_000_000);
+        let max_queues = count("max-queues", &args.max_queues, 100_000);
         errors.finish(Self {
             listen,
             redis,
@@ -96,6 +115,8 @@ impl Config {
             max_payload,
             result_ttl,
             idempotency_ttl,
+            max_finished,
+            max_queues,
         })
     }
 }

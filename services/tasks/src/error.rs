@@ -76,6 +76,7 @@ impl From<Arc<StoreError>> for ServiceError {
             StoreError::Unavailable(_) => Self::Unavailable(e),
             StoreError::Protocol(_) | StoreError::Redis(_) => Self::Internal(e),
             StoreError::BadCursor => Self::invalid("page_token", e.to_string()),
+            StoreError::TooManyQueues { .. } => Self::invalid("queue", e.to_string()),
         }
     }
 }

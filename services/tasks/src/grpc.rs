@@ -21,6 +21,9 @@ use crate::error::{ServiceError, fail};
 use crate::submitter::{SubmitFailure, Submitter};
 use crate::watch::WatchHub;
 
+/// Furthest a countdown or eta may reach (a year and a day: "same day next year" stays valid).
+const MAX_DELAY: Duration = Duration::from_secs(366 * 86_400);
+
 /// Limits applied to submissions.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -187,7 +190,7 @@ impl TaskServiceImpl {
         };
         let countdown = match req.countdown.map(|d| Duration::try_from(d).ok()) {
             None => None,
-            Some(Some(d)) if d <= Duration::from_secs(366 * 86_400) => Some(d),
+            Some(Some(d)) if d <= MAX_DELAY => Some(d),
             Some(_) => {
                 v.push(FieldViolation::new(
                     field("countdown"),
@@ -196,9 +199,19 @@ impl TaskServiceImpl {
                 None
             }
         };
+        // As far ahead as a countdown may reach: a scheduled task waits in Redis, and one due in the year 9000
+        // would hold its memory for good.
+        let horizon_ms = redline_runtime::clock::epoch_ms() + MAX_DELAY.as_millis() as u64;
         let eta_ms = match req.eta.as_ref().map(json::epoch_ms) {
             None => None,
-            Some(Some(ms)) => Some(ms),
+            Some(Some(ms)) if ms <= horizon_ms => Some(ms),
+            Some(Some(_)) => {
+                v.push(FieldViolation::new(
+                    field("eta"),
+                    "must be at most a year from now",
+                ));
+                None
+            }
             Some(None) => {
                 v.push(FieldViolation::new(
                     field("eta"),
@@ -687,6 +700,8 @@ impl TaskService for TaskServiceImpl {
                         let _ = tx.send(Err(fail(ServiceError::ShuttingDown))).await;
                         return;
                     }
+                    // The client went away: stop reading Redis for it now, not at the next change.
+                    () = tx.closed() => return,
                     _ = watch.changes.recv() => {}
                     // A safety net for events missed while the subscription reconnects.
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

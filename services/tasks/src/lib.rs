@@ -81,6 +81,8 @@ pub async fn run(
             namespace: config.namespace.clone(),
             result_ttl: config.result_ttl,
             idempotency_ttl: config.idempotency_ttl,
+            max_finished: config.max_finished,
+            max_queues: config.max_queues,
             ..QueueConfig::default()
         },
     );

@@ -69,6 +69,22 @@ async fn run(store: TaskStore, mut rx: mpsc::Receiver<(NewTask, Reply)>) {
                     let _ = reply.send(Ok(result));
                 }
             }
+            // One submission's new queue refused the whole call: the others are not at fault, so each goes
+            // again alone and only the one that needs a queue too many is refused.
+            Err(StoreError::TooManyQueues { .. }) if tasks.len() > 1 => {
+                for (task, reply) in tasks.iter().zip(replies.drain(..)) {
+                    let result = store
+                        .submit(std::slice::from_ref(task))
+                        .await
+                        .and_then(|r| {
+                            r.into_iter()
+                                .next()
+                                .ok_or_else(|| StoreError::Protocol("submit reply".to_owned()))
+                        })
+                        .map_err(|e| SubmitFailure::Store(Arc::new(e)));
+                    let _ = reply.send(result);
+                }
+            }
             Err(e) => {
                 let failure = SubmitFailure::Store(Arc::new(e));
                 for reply in replies.drain(..) {

@@ -39,6 +39,9 @@ pub struct Args {
     /// an eighth of this earlier.
     #[arg(long, env = "REDLINE_LEASE", default_value = "14s")]
     pub lease: String,
+    /// Largest task result stored, in bytes of JSON; a task returning more fails.
+    #[arg(long, env = "REDLINE_MAX_RESULT_BYTES", default_value = "262144")]
+    pub max_result_bytes: String,
     /// Worker id [default: <hostname>-<pid>-<random>].
     #[arg(long, env = "REDLINE_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -85,6 +88,8 @@ pub struct Config {
     pub data_dir: String,
     /// Override of the download source's base URL.
     pub download_base_url: Option<String>,
+    /// Largest stored result.
+    pub max_result_bytes: usize,
     /// Exit when an attempt cannot be stopped before its lease could expire (always, in a deployment; a
     /// test running workers inside its own process turns it off).
     pub exit_on_stuck_attempt: bool,
@@ -138,6 +143,13 @@ impl Config {
                 &suffix[..6]
             )
         });
+        let max_result_bytes = match args.max_result_bytes.parse::<usize>() {
+            Ok(n) if (1024..=64 << 20).contains(&n) => n,
+            _ => {
+                errors.push("--max-result-bytes: must be a number of bytes from 1024 to 67108864");
+                crate::worker::DEFAULT_MAX_RESULT_BYTES
+            }
+        };
         if let Some(url) = &args.download_base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -157,6 +169,7 @@ impl Config {
             worker_id,
             data_dir: args.data_dir,
             download_base_url: args.download_base_url,
+            max_result_bytes,
             exit_on_stuck_attempt: true,
         })
     }

@@ -96,6 +96,7 @@ pub async fn run(
     settings.shutdown_grace = config.shutdown_grace;
     settings.cancel_grace = config.cancel_grace;
     settings.exit_on_stuck_attempt = config.exit_on_stuck_attempt;
+    settings.max_result_bytes = config.max_result_bytes;
     if let Some(addr) = config.metrics_listen {
         // The admin port outlives the drain (probes and a last scrape), and stops with the process.
         redline_runtime::admin::spawn(

@@ -82,6 +82,9 @@ pub struct WorkerSettings {
     /// Exit the process when an attempt cannot be stopped before its lease could expire (the binary does;
     /// an in-process test cannot).
     pub exit_on_stuck_attempt: bool,
+    /// Largest result stored, in bytes of JSON; a larger one fails its task. Results live in Redis for the
+    /// result TTL, so this bounds the memory a finished task can take.
+    pub max_result_bytes: usize,
 }
 
 impl WorkerSettings {
@@ -98,9 +101,13 @@ impl WorkerSettings {
             max_batch: 128,
             readiness: redline_runtime::admin::Readiness::default(),
             exit_on_stuck_attempt: false,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
+
+/// [`WorkerSettings::max_result_bytes`] by default: 256 KiB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 256 << 10;
 
 /// This machine's host name (`HOSTNAME`, else `/etc/hostname`, else `localhost`).
 pub fn hostname() -> String {
@@ -937,7 +944,16 @@ async fn attempt(
         Some(StopReason::Cancelled) | None => Some(Outcome::Cancelled("cancelled".to_owned())),
     };
     match result {
-        Ok(Ok(value)) => Some(Outcome::Succeeded(value)),
+        Ok(Ok(value)) => {
+            let size = value.to_string().len();
+            if size > shared.settings.max_result_bytes {
+                return Some(Outcome::Failed(format!(
+                    "the result is {size} bytes of JSON; at most {} are stored",
+                    shared.settings.max_result_bytes
+                )));
+            }
+            Some(Outcome::Succeeded(value))
+        }
         Ok(Err(TaskError::Retryable(e))) => Some(retry(e)),
         Ok(Err(TaskError::Fatal(e))) => Some(Outcome::Failed(e)),
         Ok(Err(TaskError::Cancelled)) => stopped(),

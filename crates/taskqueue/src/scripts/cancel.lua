@@ -2,23 +2,23 @@
 --
 -- KEYS[1] {ns}:t:<id>  the task record
 -- KEYS[2] {ns}:done    ZSET terminal tasks
--- ARGV[1] namespace, ARGV[2] task id, ARGV[3] default result ttl s
+-- ARGV[1] namespace, ARGV[2] task id, ARGV[3] default result ttl s, ARGV[4] default dead-letter ttl s
 -- Returns {outcome, state}: outcome is 'cancelled' (removed from its queue or schedule), 'requested' (running:
 -- its worker was told), 'terminal' (already ended; state says how) or 'missing'.
 --
 -- Why one script: a queued task must leave its queue and become cancelled in one step, or a worker could
 -- claim it in between and run a task its submitter cancelled.
 local id = ARGV[2]
-local result_ttl = retention(tonumber(ARGV[3]), 0)
+local result_ttl, dead_ttl = retention(tonumber(ARGV[3]), tonumber(ARGV[4]))
 local key = KEYS[1]
 local r = redis.call('HMGET', key, 'state', 'queue', 'prio', 'worker')
-local state, q = r[1], r[2]
+local state, q = r[1], queue_of(r[2])
 if not state then return { 'missing', '' } end
 local now_micros = now_us()
 local now = math.floor(now_micros / 1000)
 if state == 'queued' or state == 'scheduled' then
   if state == 'queued' then
-    redis.call('LREM', queue_key(q, r[3]), 1, id)
+    redis.call('LREM', queue_key(q, prio_of(r[3])), 1, id)
   else
     redis.call('ZREM', sched_key(q), id)
   end
@@ -28,6 +28,7 @@ if state == 'queued' or state == 'scheduled' then
   redis.call('ZADD', KEYS[2], now, id)
   redis.call('HINCRBY', stats_key(q), 'cancelled', 1)
   task_event(id, 'cancelled')
+  trim_finished(now, result_ttl, dead_ttl)
   return { 'cancelled', 'cancelled' }
 elseif state == 'running' then
   redis.call('HSET', key, 'cancel', '1')

@@ -34,7 +34,7 @@ for _, dw in ipairs(dead) do
     local key = task_key(id)
     local r = redis.call('HMGET', key, 'state', 'worker', 'queue', 'prio', 'cancel', 'recoveries')
     if r[1] == 'running' and r[2] == dw then
-      local q = r[3]
+      local q = queue_of(r[3])
       local recoveries = tonumber(r[6] or '0') + 1
       redis.call('HINCRBY', stats_key(q), 'running', -1)
       redis.call('HINCRBY', KEYS[3], 'lease_expiries', 1)
@@ -58,7 +58,7 @@ for _, dw in ipairs(dead) do
         -- retry budget is untouched (recoveries are bounded separately above).
         redis.call('HSET', key, 'state', 'queued', 'recoveries', recoveries)
         redis.call('HDEL', key, 'worker', 'started')
-        redis.call('RPUSH', queue_key(q, r[4]), id)
+        redis.call('RPUSH', queue_key(q, prio_of(r[4])), id)
         redis.call('HINCRBY', stats_key(q), 'recovered', 1)
         wake(q)
       end
@@ -68,6 +68,7 @@ for _, dw in ipairs(dead) do
   redis.call('DEL', akey, worker_key(dw))
   redis.call('ZREM', KEYS[1], dw)
 end
+if #dead > 0 then trim_finished(now, result_ttl, dead_ttl) end
 
 -- (c) Promote due scheduled tasks (eta reached, or retry backoff over).
 for _, q in ipairs(queues) do
@@ -82,7 +83,7 @@ for _, q in ipairs(queues) do
     if r[1] == 'scheduled' then
       redis.call('HSET', key, 'state', 'queued')
       redis.call('HDEL', key, 'eta')
-      redis.call('RPUSH', queue_key(q, r[2]), id)
+      redis.call('RPUSH', queue_key(q, prio_of(r[2])), id)
       task_event(id, 'queued')
     end
   end

@@ -4,8 +4,9 @@
 -- "{redline}", so every key a script derives from a task or worker id is in the same slot as the keys it
 -- declares in KEYS.
 local NS = ARGV[1]
--- DEFAULT_MAX_RETRIES is defined above this file by scripts.rs, from the Rust constant of the same name: a
--- record without `max_retries` has that budget.
+-- DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_PRIORITY, DEFAULT_MAX_FINISHED and DEFAULT_MAX_QUEUES are
+-- defined above this file by scripts.rs, from the Rust constants of the same names: a record without
+-- `max_retries`, `queue` or `prio` has those, and a namespace without settings those caps.
 
 -- Redis's clock, so every host agrees. Scheduling (due times, leases, index scores) uses milliseconds;
 -- the record's submitted/started/completed times are kept in microseconds for latency measurements.
@@ -21,6 +22,16 @@ local function sched_key(q) return NS .. ':sched:' .. q end
 local function stats_key(q) return NS .. ':stats:' .. q end
 local function active_key(wid) return NS .. ':w:' .. wid .. ':active' end
 local function worker_key(wid) return NS .. ':w:' .. wid end
+
+-- A record omits its queue and priority when they are the defaults: a queued no-op task must stay small.
+-- (HMGET answers false for an absent field.)
+local function queue_of(q) return q or DEFAULT_QUEUE end
+local function prio_of(p) return p or DEFAULT_PRIORITY end
+
+-- A cap from {ns}:settings (written by TaskService), else its default.
+local function limit(field, default)
+  return tonumber(redis.call('HGET', NS .. ':settings', field)) or default
+end
 
 -- Retention of finished records, in seconds: what TaskService configured ({ns}:settings, written by every
 -- replica at start and every few seconds), else the caller's defaults. The service that answers for results
@@ -73,4 +84,24 @@ local function give_back(id, q, prio)
   redis.call('HINCRBY', stats_key(q), 'running', -1)
   task_event(id, 'queued')
   wake(q)
+end
+
+-- Every terminal task is in the done index ({ns}:done, by completion time); this keeps the index, and the
+-- finished records with it, bounded by configuration rather than by manual cleanup. Entries older than the
+-- longest retention are dropped (their records have expired), and past max_finished the oldest finished
+-- records are deleted with their entries: memory for finished tasks is at most max_finished records.
+-- At most 1,000 deletions per call, so a lowered cap is caught up over a few calls instead of one long
+-- script that would stall Redis.
+local function trim_finished(now, result_ttl, dead_ttl)
+  local done = NS .. ':done'
+  redis.call('ZREMRANGEBYSCORE', done, '-inf', now - math.max(result_ttl, dead_ttl) * 1000)
+  local excess = redis.call('ZCARD', done) - limit('max_finished', DEFAULT_MAX_FINISHED)
+  if excess > 0 then
+    local oldest = redis.call('ZRANGE', done, 0, math.min(excess, 1000) - 1)
+    for _, id in ipairs(oldest) do
+      redis.call('DEL', task_key(id))
+      redis.call('ZREM', NS .. ':dead', id)
+    end
+    redis.call('ZREM', done, unpack(oldest))
+  end
 end

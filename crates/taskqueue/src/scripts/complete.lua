@@ -38,7 +38,7 @@ for i = 0, n - 1 do
     redis.call('HINCRBY', KEYS[4], 'stale_completions', 1)
     out[#out + 1] = 'stale'
   else
-    local q = r[4]
+    local q = queue_of(r[4])
     local sq = stats_key(q)
     redis.call('SREM', KEYS[1], id)
     redis.call('HDEL', key, 'cancel')
@@ -81,7 +81,7 @@ for i = 0, n - 1 do
     else
       -- 'requeue': the worker is shutting down and never finished this attempt; it does not count.
       state = 'queued'
-      give_back(id, q, r[5])
+      give_back(id, q, prio_of(r[5]))
     end
     if state ~= 'queued' then
       redis.call('HINCRBY', sq, 'running', -1)
@@ -90,6 +90,7 @@ for i = 0, n - 1 do
     out[#out + 1] = state
   end
 end
+trim_finished(now, result_ttl, dead_ttl)
 if failed_any then
   -- Keep the dead-letter index bounded by age and by count; records past the cap expire on their TTL.
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dead_ttl * 1000)

@@ -39,7 +39,7 @@ local function reconcile()
     if not held[id] then
       local r = redis.call('HMGET', task_key(id), 'state', 'worker', 'queue', 'prio')
       if r[1] == 'running' and r[2] == wid then
-        give_back(id, r[3], r[4])
+        give_back(id, queue_of(r[3]), prio_of(r[4]))
         given = given + 1
       end
       redis.call('SREM', KEYS[3], id)

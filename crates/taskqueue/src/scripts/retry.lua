@@ -9,7 +9,7 @@
 local id = ARGV[2]
 local key = KEYS[1]
 local r = redis.call('HMGET', key, 'state', 'queue', 'prio')
-local state, q = r[1], r[2]
+local state, q = r[1], queue_of(r[2])
 if not state then return { 'missing', '' } end
 if state ~= 'failed' and state ~= 'cancelled' then return { 'invalid', state } end
 redis.call('PERSIST', key)
@@ -17,7 +17,7 @@ redis.call('HSET', key, 'state', 'queued', 'retries', 0, 'recoveries', 0)
 redis.call('HDEL', key, 'error', 'result', 'completed', 'worker', 'started', 'progress', 'cancel', 'eta')
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[3], id)
-redis.call('LPUSH', queue_key(q, r[3]), id)
+redis.call('LPUSH', queue_key(q, prio_of(r[3])), id)
 task_event(id, 'queued')
 wake(q)
 return { 'queued', 'queued' }

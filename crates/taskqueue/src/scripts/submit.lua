@@ -1,14 +1,16 @@
 -- submit: enqueue a batch of new tasks (a single submit is a batch of one).
 --
 -- KEYS[1] {ns}:queues  SET of known queue names
--- KEYS[2] {ns}:all     STREAM listing index: one entry per call, its fields the task ids in submission order
--- ARGV[1] namespace prefix, ARGV[2] number of tasks, ARGV[3] index retention ms, then 13 fields per task:
+-- KEYS[2] {ns}:all     STREAM listing index: one entry per call, field `ids` = its task ids in submission
+--                      order, space-separated
+-- ARGV[1] namespace prefix, ARGV[2] number of tasks, ARGV[3] default result ttl s, then 13 fields per task:
 --   id, task_name, args json ("" = []), kwargs json ("" = {}), queue, priority, max_retries ("" = default),
 --   time_limit ms ("" = default),
 --   countdown ms (0 = none), eta epoch ms (0 = none), idempotency key ("" = none), idempotency ttl s,
 --   traceparent ("" = none)
 -- Returns one flat array, three values per task: task_id, state, duplicate 0|1 (no table per task to build
--- and encode).
+-- and encode); or the error `QUEUES <max>`, having stored nothing, when a task names a new queue and the
+-- namespace has max_queues already.
 --
 -- Why one script: the idempotency check, the record, the queue entry and the index must appear together or
 -- not at all. A crash between "record written" and "queued" would leave a task that never runs; between
@@ -19,17 +21,35 @@
 --
 -- Why the index is a stream: it only needs "newest first, resumable". A sorted set paid a skiplist and a
 -- dictionary insert per task (a third of this script's time, 140 bytes per task); a stream entry holding the
--- whole batch costs one append, a few bytes per id, and ages out by itself (XADD MINID trims whole nodes).
+-- whole batch as one string costs one append and the ids' own bytes. It ages out with the records it points
+-- at (XADD MINID: the result TTL) and is capped at max_finished entries (XTRIM MAXLEN), both trimming
+-- whole nodes.
+--
+-- Why queues are capped: a queue is created by use, and each costs keys, counters and metric series for
+-- good, so client-chosen names must not add them without bound (max_queues, default 1,000).
 local n = tonumber(ARGV[2])
 local now_micros = now_us()
 local now = math.floor(now_micros / 1000)
 local woken = {}
 local pushes = {}   -- list key -> ids in submission order
 local push_order = {}
-local index = {}    -- XADD field/value pairs for the listing index: id, ''
-local retention = tonumber(ARGV[3])
+local index = {}    -- the ids of the listing index's entry
+local result_ttl = retention(tonumber(ARGV[3]), 0)
 local out = {}
 local F = 13
+
+-- Refuse the call before writing anything if its new queues would pass the cap.
+local max_queues = limit('max_queues', DEFAULT_MAX_QUEUES)
+local queues_after = redis.call('SCARD', KEYS[1])
+local new_queue = {}
+for i = 0, n - 1 do
+  local q = ARGV[4 + i * F + 4]
+  if not new_queue[q] and redis.call('SISMEMBER', KEYS[1], q) == 0 then
+    new_queue[q] = true
+    queues_after = queues_after + 1
+  end
+end
+if queues_after > max_queues then return redis.error_reply('QUEUES ' .. max_queues) end
 for i = 0, n - 1 do
   local b = 4 + i * F
   local id, name, args, kwargs = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -54,7 +74,9 @@ for i = 0, n - 1 do
     if countdown > 0 then due = now + countdown end
     if eta > 0 then due = eta end
     -- Empty or default values are not stored: a queued no-op task must stay small in memory.
-    local fields = { 'name', name, 'queue', q, 'prio', prio, 'submitted', now_micros }
+    local fields = { 'name', name, 'submitted', now_micros }
+    if q ~= DEFAULT_QUEUE then fields[#fields + 1] = 'queue'; fields[#fields + 1] = q end
+    if prio ~= DEFAULT_PRIORITY then fields[#fields + 1] = 'prio'; fields[#fields + 1] = prio end
     if max_retries ~= '' then fields[#fields + 1] = 'max_retries'; fields[#fields + 1] = max_retries end
     if limit ~= '' then fields[#fields + 1] = 'limit'; fields[#fields + 1] = limit end
     if args ~= '' then fields[#fields + 1] = 'args'; fields[#fields + 1] = args end
@@ -83,7 +105,6 @@ for i = 0, n - 1 do
     -- Idle workers sleep until the earliest due time they know of; a scheduled task may be earlier.
     woken[q] = true
     index[#index + 1] = id
-    index[#index + 1] = ''
     out[#out + 1] = id; out[#out + 1] = state; out[#out + 1] = 0
   end
 end
@@ -95,7 +116,8 @@ for _, lkey in ipairs(push_order) do
   end
 end
 if #index > 0 then
-  redis.call('XADD', KEYS[2], 'MINID', '~', now - retention, '*', unpack(index))
+  redis.call('XADD', KEYS[2], 'MINID', '~', now - result_ttl * 1000, '*', 'ids', table.concat(index, ' '))
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', limit('max_finished', DEFAULT_MAX_FINISHED))
 end
 for q, _ in pairs(woken) do
   redis.call('SADD', KEYS[1], q)

@@ -955,3 +955,139 @@ async fn a_full_redis_refuses_submits_atomically_and_still_drains() {
         .unwrap();
     assert_eq!(done, vec![Completed::Applied(TaskState::Succeeded)]);
 }
+
+/// One batch of completions gives many dead-letter entries the same score: paging walks them all, each
+/// once, and a cursor whose task left the index continues where it was.
+#[tokio::test]
+async fn dead_letter_pages_through_entries_that_share_a_score() {
+    let f = fixture().await;
+    register(&f.store, "w").await;
+    let tasks: Vec<NewTask> = (0..250)
+        .map(|i| {
+            let mut t = NewTask::new("redline.fail", DEFAULT_QUEUE);
+            t.id = format!("dead-{i:03}");
+            t
+        })
+        .collect();
+    f.store.submit(&tasks).await.unwrap();
+    let claimed = claim(&f.store, "w", 250).await;
+    let outcomes: Vec<Completion> = claimed
+        .iter()
+        .map(|c| Completion {
+            id: c.id.clone(),
+            fence: c.fence,
+            outcome: Outcome::Failed("boom".into()),
+        })
+        .collect();
+    f.store.complete("w", &outcomes).await.unwrap();
+    // The same failure time for all: one script call, one clock reading.
+    let scores: Vec<String> = f
+        .redis
+        .cli(&["ZRANGE", &f.store.keys().dead(), "0", "-1", "WITHSCORES"])
+        .lines()
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] == w[1]), "{scores:?}");
+
+    let dead = ListFilter {
+        dead_letter: true,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = tokio::time::timeout(
+            Duration::from_secs(5),
+            f.store.list(&dead, 40, cursor.take()),
+        )
+        .await
+        .expect("a page within 5 s")
+        .unwrap();
+        seen.extend(page.tasks.iter().map(|t| t.id.clone()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(seen.len() <= 250, "pages repeat entries");
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), sorted.len()), (250, 250));
+
+    // A cursor at an entry that has since left the index continues right after it.
+    let first = f.store.list(&dead, 10, None).await.unwrap();
+    let last = first.tasks.last().unwrap().id.clone();
+    assert_eq!(f.store.retry(&last).await.unwrap(), RetryOutcome::Requeued);
+    let after = f.store.list(&dead, 10, first.next).await.unwrap();
+    assert_eq!(after.tasks[0].id, seen[10]);
+}
+
+/// Finished records are bounded by count as well as by TTL: past `max_finished` the oldest go, record and
+/// index entries alike, inside the completions themselves.
+#[tokio::test]
+async fn finished_records_beyond_the_cap_are_deleted_oldest_first() {
+    let f = fixture_with(QueueConfig {
+        max_finished: 5,
+        ..Default::default()
+    })
+    .await;
+    f.store.publish_settings().await.unwrap();
+    register(&f.store, "w").await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let t = NewTask::new("redline.noop", DEFAULT_QUEUE);
+        submit_one(&f.store, t.clone()).await;
+        let c = claim(&f.store, "w", 1).await;
+        f.store
+            .complete(
+                "w",
+                &[Completion {
+                    id: t.id.clone(),
+                    fence: c[0].fence,
+                    outcome: Outcome::Succeeded(json!(1)),
+                }],
+            )
+            .await
+            .unwrap();
+        ids.push(t.id);
+        // Distinct completion times, so "oldest" is well defined.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let kept = f.store.get(id).await.unwrap().is_some();
+        assert_eq!(kept, i >= 3, "task {i}");
+    }
+    let done: u64 = f.store.client().zcard(f.store.keys().done()).await.unwrap();
+    assert_eq!(done, 5);
+}
+
+/// Queues are created by use; past the cap a new name is refused and nothing of that call is stored, while
+/// known queues keep working.
+#[tokio::test]
+async fn a_new_queue_past_the_cap_is_refused_whole() {
+    let f = fixture_with(QueueConfig {
+        max_queues: 2,
+        ..Default::default()
+    })
+    .await;
+    f.store.publish_settings().await.unwrap();
+    submit_one(&f.store, NewTask::new("redline.noop", "a")).await;
+    submit_one(&f.store, NewTask::new("redline.noop", "b")).await;
+    let known = NewTask::new("redline.noop", "a");
+    let third = NewTask::new("redline.noop", "c");
+    let err = f
+        .store
+        .submit(&[known.clone(), third.clone()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooManyQueues { max: 2 }),
+        "{err:?}"
+    );
+    assert!(f.store.get(&known.id).await.unwrap().is_none());
+    assert!(f.store.get(&third.id).await.unwrap().is_none());
+    submit_one(&f.store, known).await;
+}

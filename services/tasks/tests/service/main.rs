@@ -199,6 +199,26 @@ async fn bad_input_is_invalid_argument_with_field_details() {
     let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
     assert_eq!(fields, ["queue", "priority"]);
 
+    // A task due in the year 9000 would hold its memory in Redis for good.
+    let err = c
+        .submit_task(SubmitTaskRequest {
+            task_name: "redline.noop".into(),
+            eta: Some(prost_types::Timestamp {
+                seconds: 221_845_392_000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violations(&err),
+        [(
+            "eta".to_owned(),
+            "must be at most a year from now".to_owned()
+        )]
+    );
+
     let err = c
         .submit_tasks(SubmitTasksRequest {
             tasks: vec![
@@ -623,4 +643,84 @@ async fn finished_records_expire_after_the_services_result_ttl() {
         (1..=90).contains(&ttl),
         "record TTL {ttl}s, want at most 90s"
     );
+}
+
+/// The calls in Redis's own accounting (`INFO commandstats`) of one command.
+fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A watcher that hangs up stops costing Redis anything at once, not when its task next changes.
+#[tokio::test]
+async fn watches_end_with_their_clients() {
+    let kit = redline_testkit::Suite::builder().workers(0).start().await;
+    let mut client = kit.tasks();
+    let id = client
+        .submit_task(SubmitTaskRequest {
+            task_name: "redline.noop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let mut s = client
+            .watch_task(WatchTaskRequest {
+                task_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(s.message().await.unwrap().is_some(), "the first snapshot");
+        streams.push(s);
+    }
+    // While they listen, each re-reads the queued task every second.
+    let before = redis_calls(&kit.redis, "hgetall");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(redis_calls(&kit.redis, "hgetall") - before >= 50);
+    drop(streams);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_hangup = redis_calls(&kit.redis, "hgetall");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reads = redis_calls(&kit.redis, "hgetall") - after_hangup;
+    // The service's own catalogue refresh reads one hash every 5 s.
+    assert!(reads <= 2, "{reads} reads for watchers that hung up");
+}
+
+/// Past `--max-queues`, a submit naming a new queue is the client's to fix (INVALID_ARGUMENT on `queue`),
+/// and the submissions that shared its batch are not refused with it.
+#[tokio::test]
+async fn a_queue_past_the_cap_is_refused_and_its_batch_neighbours_are_not() {
+    let kit = redline_testkit::Suite::builder()
+        .tasks(&["--max-queues", "1"])
+        .workers(0)
+        .start()
+        .await;
+    let client = kit.tasks();
+    let submit = |queue: &str| {
+        let mut c = client.clone();
+        let req = SubmitTaskRequest {
+            task_name: "redline.noop".into(),
+            queue: queue.into(),
+            ..Default::default()
+        };
+        async move { c.submit_task(req).await }
+    };
+    submit("redline_tasks").await.unwrap();
+    let mut calls: Vec<_> = (0..30).map(|_| submit("redline_tasks")).collect();
+    calls.push(submit("one_too_many"));
+    let results = futures::future::join_all(calls).await;
+    let (refused, ok): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_err);
+    assert_eq!(ok.len(), 30);
+    let err = refused.into_iter().next().unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err)[0].0, "queue");
 }

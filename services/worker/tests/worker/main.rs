@@ -363,3 +363,31 @@ async fn readiness_follows_heartbeats_and_drain() {
     );
     assert!(!readiness.get());
 }
+
+/// A result larger than the cap fails its task, with the reason, instead of filling Redis.
+#[tokio::test]
+async fn results_over_the_size_cap_fail_their_task() {
+    let mut h = Harness::new().await;
+    let mut settings = h.settings("w1");
+    settings.max_result_bytes = 2048;
+    h.start(settings).await;
+    let small = h.submit(task("redline.echo", json!({"a": "x"}))).await;
+    let big = h
+        .submit(task("redline.echo", json!({"a": "x".repeat(4096)})))
+        .await;
+    h.wait_state(&small, TaskState::Succeeded, Duration::from_secs(5))
+        .await;
+    let rec = h
+        .wait_state(&big, TaskState::Failed, Duration::from_secs(5))
+        .await;
+    assert!(
+        rec.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("at most 2048"),
+        "{:?}",
+        rec.error
+    );
+    assert_eq!(rec.result, None);
+    h.stop_all().await;
+}
