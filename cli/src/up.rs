@@ -4,6 +4,10 @@
 //! keeping its data under `./.redline/redis`. The services are this same binary re-executed with
 //! `redline serve <service>`, so `cargo run -p redline -- up` needs nothing else built. Ctrl-C (or SIGTERM)
 //! stops the services first — workers drain their tasks — then Redis.
+//!
+//! Every child runs in a process group of its own. A terminal's Ctrl-C signals the whole foreground group;
+//! were the children in it, each would get the terminal's SIGINT and then `up`'s SIGTERM, take the second
+//! for "exit now" and skip its drain. This way only `up` hears the terminal, and each child gets one signal.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -204,6 +208,7 @@ async fn start_redis(args: &UpArgs) -> anyhow::Result<(Child, String)> {
         .arg("--logfile")
         .arg(dir.join("redis.log"))
         .stdout(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
@@ -268,6 +273,7 @@ fn spawn(exe: &PathBuf, name: &str, args: &[&str], admin: Option<String>) -> any
     }
     let child = command
         .stdin(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
