@@ -76,7 +76,7 @@ pub fn convert_file(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<ConvertSummary, DataError> {
     // Refuse an existing output before doing any work.
-    let out = OutputFile::create(job.output, options.overwrite)?;
+    let out = OutputFile::create(job.output, options.overwrite, options.owner.as_deref())?;
     let mut source = Source::open(
         job.input,
         job.input_name,

@@ -46,6 +46,9 @@ pub struct ConvertOptions {
     pub max_dedup_keys: usize,
     /// Cap for `backward_fill`.
     pub max_pending_rows: usize,
+    /// Who writes the output (a task id). An output the same owner wrote before may be replaced even
+    /// without `overwrite`: a task delivered again after its worker died must not fail on its own output.
+    pub owner: Option<String>,
 }
 
 impl Default for ConvertOptions {
@@ -59,6 +62,7 @@ impl Default for ConvertOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             max_dedup_keys: DEFAULT_MAX_DEDUP_KEYS,
             max_pending_rows: DEFAULT_MAX_PENDING_ROWS,
+            owner: None,
         }
     }
 }

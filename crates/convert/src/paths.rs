@@ -108,11 +108,34 @@ impl DataRoot {
 
 /// An output being written: a hidden temporary file beside the destination, renamed into place
 /// by [`OutputFile::commit`] and deleted if dropped uncommitted.
+///
+/// An output written for an owner (a task id) leaves a marker beside it, `.<name>.redline-task`, holding
+/// that owner, so the same task delivered again (its worker died after writing, before recording the
+/// outcome) may replace its own output, while another task still may not without `overwrite`. The marker
+/// is written after the output is in place: a crash between the two leaves an output without a marker,
+/// which errs towards "already exists", never towards replacing someone else's file.
 pub struct OutputFile {
     writer: BufWriter<File>,
     temp: tempfile::TempPath,
     dest: PathBuf,
     overwrite: bool,
+    owner: Option<String>,
+}
+
+/// The marker naming the owner of `dest`.
+fn owner_marker(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.redline-task"))
+}
+
+/// Whether `owner` wrote the output at `dest`.
+fn owned_by(dest: &Path, owner: Option<&str>) -> bool {
+    owner.is_some_and(|o| {
+        std::fs::read_to_string(owner_marker(dest)).is_ok_and(|written| written == o)
+    })
 }
 
 impl std::fmt::Debug for OutputFile {
@@ -127,10 +150,16 @@ impl std::fmt::Debug for OutputFile {
 // === impl OutputFile ===
 
 impl OutputFile {
-    /// Starts an output at `dest`; fails at once if it exists and `overwrite` is false, so no work
-    /// is wasted on a conversion whose result could not be kept.
-    pub fn create(dest: &Path, overwrite: bool) -> Result<Self, DataError> {
-        if !overwrite && dest.exists() {
+    /// Whether an output at `dest` could be written for `owner`: it does not exist, `overwrite` is set, or
+    /// `owner` wrote it.
+    pub fn may_write(dest: &Path, overwrite: bool, owner: Option<&str>) -> bool {
+        overwrite || !dest.exists() || owned_by(dest, owner)
+    }
+
+    /// Starts an output at `dest` for `owner`; fails at once unless [`Self::may_write`], so no work is
+    /// wasted on a conversion whose result could not be kept.
+    pub fn create(dest: &Path, overwrite: bool, owner: Option<&str>) -> Result<Self, DataError> {
+        if !Self::may_write(dest, overwrite, owner) {
             return Err(DataError::AlreadyExists(dest.display().to_string()));
         }
         let dir = match dest.parent() {
@@ -158,6 +187,7 @@ impl OutputFile {
             temp,
             dest: dest.to_path_buf(),
             overwrite,
+            owner: owner.map(str::to_owned),
         })
     }
 
@@ -166,20 +196,21 @@ impl OutputFile {
         &mut self.writer
     }
 
-    /// Flushes, syncs and renames the temporary file onto the destination.
+    /// Flushes, syncs and renames the temporary file onto the destination, then marks its owner.
     pub fn commit(self) -> Result<(), DataError> {
         let OutputFile {
             writer,
             temp,
             dest,
             overwrite,
+            owner,
         } = self;
         let file = writer
             .into_inner()
             .map_err(|e| DataError::io(&dest, e.into_error()))?;
         file.sync_all().map_err(|e| DataError::io(&dest, e))?;
         drop(file);
-        let res = if overwrite {
+        let res = if overwrite || owned_by(&dest, owner.as_deref()) {
             temp.persist(&dest)
         } else {
             // Refuse to clobber a file that appeared while we were converting.
@@ -191,7 +222,25 @@ impl OutputFile {
             } else {
                 DataError::io(&dest, e.error)
             }
-        })
+        })?;
+        let marker = owner_marker(&dest);
+        match owner {
+            Some(owner) => {
+                // Atomically, like the output: a torn marker would name nobody.
+                let dir = dest.parent().unwrap_or(Path::new("."));
+                let mut tmp =
+                    tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
+                tmp.write_all(owner.as_bytes())
+                    .map_err(|e| DataError::io(&marker, e))?;
+                tmp.persist(&marker)
+                    .map_err(|e| DataError::io(&marker, e.error))?;
+            }
+            // An output without an owner (an operator's `redline convert --overwrite`) is nobody's.
+            None => {
+                let _ = std::fs::remove_file(&marker);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -232,17 +281,17 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let dest = dir.path().join("out.csv");
         {
-            let mut out = OutputFile::create(&dest, false)?;
+            let mut out = OutputFile::create(&dest, false, None)?;
             out.write_all(b"partial")?;
         }
         assert!(!dest.exists());
         assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
         std::fs::write(&dest, "old")?;
         assert!(matches!(
-            OutputFile::create(&dest, false),
+            OutputFile::create(&dest, false, None),
             Err(DataError::AlreadyExists(_))
         ));
-        let mut out = OutputFile::create(&dest, true)?;
+        let mut out = OutputFile::create(&dest, true, None)?;
         out.write_all(b"new")?;
         out.commit()?;
         assert_eq!(std::fs::read_to_string(&dest)?, "new");

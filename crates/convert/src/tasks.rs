@@ -57,13 +57,16 @@ impl Progress {
     }
 }
 
-/// What every task needs: the data root and the download sources.
+/// What every task needs: the data root and the download sources, and who is writing.
 #[derive(Debug, Clone)]
 pub struct DataContext {
     /// The directory all task paths resolve in.
     pub root: DataRoot,
     /// Download sources, timeouts and retries.
     pub download: DownloadConfig,
+    /// The task this attempt runs (its id), which owns the outputs it writes: a later attempt of the same
+    /// task may replace them (see [`OutputFile`]).
+    pub owner: Option<String>,
 }
 
 impl DataContext {
@@ -72,6 +75,23 @@ impl DataContext {
         Self {
             root,
             download: DownloadConfig::default(),
+            owner: None,
+        }
+    }
+
+    /// The same context for one attempt of task `id`.
+    pub fn for_task(&self, id: &str) -> Self {
+        Self {
+            owner: Some(id.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// A task's conversion options, with this context's owner.
+    fn options(&self, options: Option<&DataOptions>) -> ConvertOptions {
+        ConvertOptions {
+            owner: self.owner.clone(),
+            ..ConvertOptions::from_task(options)
         }
     }
 
@@ -120,7 +140,7 @@ fn convert_with(
     progress: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<ConversionResult, DataError> {
-    let opts = ConvertOptions::from_task(options);
+    let opts = ctx.options(options);
     let (input_file, output_file) = (args.input_file.as_str(), args.output_file.as_str());
     progress(Progress::new("loading_data", 10.0).with("input_file", input_file));
     let input = ctx.find_input(input_file)?;
@@ -174,7 +194,7 @@ fn analyze_with(
     progress: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<AnalysisResult, DataError> {
-    let opts = ConvertOptions::from_task(options);
+    let opts = ctx.options(options);
     let data_file = args.data_file.as_str();
     progress(Progress::new("loading_data", 10.0).with("data_file", data_file));
     let path = ctx.find_input(data_file)?;
@@ -223,7 +243,7 @@ pub fn process_file_upload(
     progress: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<UploadResult, DataError> {
-    let opts = ConvertOptions::from_task(args.options.as_ref());
+    let opts = ctx.options(args.options.as_ref());
     let file_path = args.file_path.as_str();
     progress(Progress::new("loading", 10.0).with("file_path", file_path));
     let input = ctx.find_input(file_path)?;
@@ -316,31 +336,36 @@ fn download_with(
             "start_date {start_date} is after end_date {end_date}"
         )));
     }
-    let opts = ConvertOptions::from_task(options);
+    let opts = ctx.options(options);
     progress(Progress::new("initializing", 5.0).with("ticker", ticker));
     let url = ctx.download.url(source, ticker, start_date, end_date)?;
     let filename = format!("{ticker}_{source}_{start_date}_to_{end_date}.csv");
     let rel = format!("downloaded/{filename}");
     let output = ctx.root.resolve_output(&rel)?;
-    if !opts.overwrite && output.exists() {
+    // Fail before fetching anything if the output could not be kept (the conversion checks again).
+    if !OutputFile::may_write(&output, opts.overwrite, opts.owner.as_deref()) {
         return Err(DataError::AlreadyExists(rel));
     }
     progress(Progress::new("downloading", 30.0).with("source", source));
-    let body = fetch(&ctx.download, &url)?;
+    let body = fetch(&ctx.download, &url, cancelled)?;
     if cancelled() {
         return Err(DataError::Cancelled);
     }
     check_body(&body, ticker)?;
     progress(Progress::new("saving", 80.0).with("bytes", body.len() as u64));
     // The body goes through the normal CSV reader so upstream data gets the same validation
-    // and normalisation as any file; it is staged beside the output and removed afterwards.
+    // and normalisation as any file. It is staged beside the output under a name of its own, so two
+    // attempts of one download (a redelivery while the first still runs) never share a staging file.
     let parent = output
         .parent()
         .ok_or_else(|| DataError::Internal("download output has no parent".to_owned()))?;
-    let mut staged = OutputFile::create(&parent.join(format!(".{filename}.download")), true)?;
+    let mut staged = tempfile::Builder::new()
+        .prefix(&format!(".{filename}."))
+        .suffix(".download")
+        .tempfile_in(parent)
+        .map_err(|e| DataError::io(parent, e))?;
     std::io::Write::write_all(&mut staged, &body).map_err(|e| DataError::io(parent, e))?;
-    let staged_path = parent.join(format!(".{filename}.download"));
-    staged.commit()?;
+    let staged_path = staged.into_temp_path();
     let job = ConvertJob {
         input: &staged_path,
         input_name: &url,
@@ -350,7 +375,7 @@ fn download_with(
         default_ticker: Some(ticker.to_owned()),
     };
     let result = convert_file(&job, &opts, &mut |_| {}, cancelled);
-    let _ = std::fs::remove_file(&staged_path);
+    drop(staged_path);
     let summary = result.map_err(|e| match e {
         DataError::Malformed { .. } => {
             DataError::UpstreamRejected(format!("malformed data from {source} for {ticker}: {e}"))

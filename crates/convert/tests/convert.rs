@@ -65,7 +65,7 @@ fn sample(rows: usize) -> RecordBatch {
 }
 
 fn write_with_sink(batch: &RecordBatch, path: &Path, format: Format) -> TestResult {
-    let out = OutputFile::create(path, true)?;
+    let out = OutputFile::create(path, true, None)?;
     let mut sink = Sink::new(out, format, &batch.schema(), Compression::Snappy)?;
     sink.write(batch)?;
     sink.finish()?.commit()?;
@@ -687,6 +687,7 @@ fn download_ctx(dir: &Path, base: &str) -> DataContext {
             timeout: std::time::Duration::from_secs(5),
             ..DownloadConfig::single("stooq", base)
         },
+        owner: None,
     }
 }
 
@@ -850,5 +851,57 @@ fn empty_inputs_produce_empty_outputs_with_headers() -> TestResult {
     convert(&input, &out, &ConvertOptions::default())?;
     assert!(std::fs::read_to_string(&out)?.starts_with("ticker\ttimestamp"));
     assert_eq!(std::fs::read_to_string(&out)?.lines().count(), 1);
+    Ok(())
+}
+
+/// A task delivered again (its worker died after writing, before recording the outcome) may replace the
+/// output its earlier attempt wrote; another task still may not, without `overwrite`.
+#[test]
+fn a_redelivered_task_replaces_its_own_output_and_no_one_elses() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    write_prices(dir.path(), "p.csv", 20)?;
+    let convert = |owner: &str| {
+        process_data_conversion(
+            &ctx(dir.path()).for_task(owner),
+            &args(json!({"input_file": "p.csv", "output_format": "csv",
+                         "output_file": "out/p.csv"}))
+            .expect("valid arguments"),
+            &mut |_| {},
+            &|| false,
+        )
+    };
+    convert("task-a")?;
+    convert("task-a")?;
+    assert!(matches!(
+        convert("task-b"),
+        Err(DataError::AlreadyExists(_))
+    ));
+    assert!(dir.path().join("out/p.csv").exists());
+    Ok(())
+}
+
+/// Cancellation reaches a download waiting out its backoff: the thread comes back at once, not after the
+/// retries.
+#[test]
+fn a_download_notices_cancellation_between_attempts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (base, _server) = serve(vec![(503, "busy".into()), (503, "busy".into())])?;
+    let mut ctx = download_ctx(dir.path(), &base);
+    ctx.download.backoff = std::time::Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let e = process_data_download(
+        &ctx,
+        &args(
+            json!({"ticker": "AAPL", "start_date": "2024-01-01", "end_date": "2024-01-31", "source": "stooq"}),
+        )?,
+        &mut |_| {},
+        &|| started.elapsed() > std::time::Duration::from_millis(300),
+    );
+    assert!(matches!(e, Err(DataError::Cancelled)), "{e:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     Ok(())
 }

@@ -70,7 +70,8 @@ impl<T: DataTask> TaskHandler for DataHandler<T> {
         ctx: TaskContext,
         args: T::Args,
     ) -> BoxFuture<'static, Result<T::Output, TaskError>> {
-        let data = Arc::clone(&self.data);
+        // Outputs belong to the task: a later attempt of it may replace what an earlier one wrote.
+        let data = self.data.for_task(&ctx.task_id);
         async move {
             let cancel = ctx.cancellation().clone();
             let reporter = ctx.clone();
