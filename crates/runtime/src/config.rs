@@ -69,10 +69,8 @@ impl Env for std::collections::HashMap<String, String> {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(std::time::Duration::from_secs_f64(secs));
-        }
-        return Err(format!("'{s}' is not a valid duration"));
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("'{s}' is not a valid duration"));
     }
     let (num, unit) = s
         .find(|c: char| c.is_ascii_alphabetic())
@@ -94,10 +92,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{s}' is not a valid duration"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    // Negative, infinite and NaN are refused; so is more than u64::MAX seconds (1e30s would overflow).
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("'{s}' is not a valid duration"))
 }
 
 /// Configuration problems, all of them, so an operator fixes everything in one go.
@@ -249,6 +246,9 @@ mod config_tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("3 weeks").is_err());
+        // Beyond what a Duration holds: an error, not a panic.
+        assert!(parse_duration("1e30").is_err());
+        assert!(parse_duration("1e30s").is_err());
     }
 }
 
