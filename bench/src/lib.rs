@@ -5,13 +5,17 @@
 //! - [`tasks`]: enqueue, drain, latency and Redis memory per task, against `redis-benchmark` LPUSH;
 //! - [`ratelimit`]: decisions per algorithm, unary and streamed, Envoy's RPC, against `redis-benchmark` EVALSHA;
 //! - [`convert`]: CSV → Parquet and other conversions against pyarrow and polars;
-//! - [`gateway`]: REST `POST /tasks/submit` against direct gRPC, both rate limited.
+//! - [`gateway`]: REST `POST /tasks/submit` against direct gRPC, both rate limited;
+//! - [`memory`]: Redis memory over a million tasks under `maxmemory`, with default retention;
+//! - [`chaos`]: a soak under injected faults, judged by an execution journal (counts, not speed).
 //!
 //! Services run as their own processes where the figure is about a deployed service: the caller passes the
 //! `redline` binary, whose `serve <service>` command runs each one.
 
+pub mod chaos;
 pub mod convert;
 pub mod gateway;
+pub mod memory;
 pub mod ratelimit;
 pub mod tasks;
 
@@ -28,6 +32,14 @@ pub enum Bench {
     Convert(convert::BenchArgs),
     /// REST POST /tasks/submit through the gateway against direct gRPC, both rate-limited.
     Gateway(gateway::BenchArgs),
+    /// A million no-op tasks through a Redis with maxmemory 256 MB: used_memory over time, answers by code.
+    Memory(memory::MemoryArgs),
+    /// A mixed workload under random faults (stalls, restarts, OOM, failover, partitions, lost replies,
+    /// kills, rolling restarts); prints lost, concurrent and twice-finished tasks and re-runs per fault.
+    Chaos(chaos::ChaosArgs),
+    /// One worker of the chaos run (started by it).
+    #[command(hide = true)]
+    ChaosWorker(chaos::ChaosWorkerArgs),
 }
 
 /// Runs a benchmark; `redline` is the binary whose `serve <service>` and `convert` commands it drives.
@@ -49,6 +61,9 @@ pub async fn run(what: Bench, redline: PathBuf) -> anyhow::Result<()> {
             ratelimit::run(args).await
         }
         Bench::Gateway(args) => gateway::run(args).await,
+        Bench::Memory(args) => memory::run(args).await,
+        Bench::Chaos(args) => chaos::run(args, redline).await,
+        Bench::ChaosWorker(args) => chaos::worker(args).await,
         Bench::Convert(args) => tokio::task::spawn_blocking(move || convert::run(args, &redline))
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("benchmark panicked: {e}"))),

@@ -135,10 +135,17 @@ impl Command {
         }
     }
 
-    /// Whether this command logs (services do; client commands print their answers, and `convert` draws a
-    /// progress bar that log lines would tear).
+    /// Whether this command logs (services do, and so does the worker a chaos run starts; client commands
+    /// print their answers, and `convert` draws a progress bar that log lines would tear).
     pub fn logs(&self) -> bool {
-        matches!(self, Command::Serve { .. } | Command::Up(_))
+        matches!(
+            self,
+            Command::Serve { .. }
+                | Command::Up(_)
+                | Command::Bench {
+                    what: redline_bench::Bench::ChaosWorker(_)
+                }
+        )
     }
 }
 

@@ -47,6 +47,14 @@ const TRANSIENT: &[&str] = &[
     "MISCONF",
 ];
 
+/// fred's own words for "no connection to send on right now" (between a reset and the reconnection), which
+/// it reports with no error kind of their own: the command was not sent, and may be sent again later.
+const NOT_CONNECTED: &[&str] = &[
+    "Failed to route command",
+    "Too many failed write attempts",
+    "Missing response",
+];
+
 impl From<fred::error::Error> for StoreError {
     fn from(e: fred::error::Error) -> Self {
         use fred::error::ErrorKind;
@@ -59,6 +67,7 @@ impl From<fred::error::Error> for StoreError {
             | ErrorKind::Routing
             | ErrorKind::Sentinel => Self::Unavailable(e),
             _ if TRANSIENT.iter().any(|p| e.details().starts_with(p)) => Self::Unavailable(e),
+            _ if NOT_CONNECTED.iter().any(|p| e.details().starts_with(p)) => Self::Unavailable(e),
             // The submit script's refusal (see submit.lua): "QUEUES <max>".
             _ if e.details().starts_with("QUEUES ") => Self::TooManyQueues {
                 max: e.details()["QUEUES ".len()..]
@@ -84,6 +93,9 @@ mod tests {
             "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
             "LOADING Redis is loading the dataset in memory",
             "BUSY Redis is busy running a script.",
+            // fred, while it reconnects (seen when a Redis restart met a pending completion).
+            "Failed to route command.",
+            "Too many failed write attempts.",
         ] {
             let e = StoreError::from(Error::new(ErrorKind::Unknown, details));
             assert!(e.is_unavailable(), "{details}");

@@ -5,7 +5,9 @@
 //! All keys start with the namespace, which is a Redis Cluster hash tag (default `{redline}`): every key of
 //! the queue hashes to one slot, so each Lua script may touch every key it needs, including the keys it derives
 //! from task and worker ids (a task id is only known once popped). The price is that one deployment's queue
-//! lives on one shard — the same as every Redis queue's "one queue = one core" limit.
+//! lives on one shard — the same as every Redis queue's "one queue = one core" limit. The scripts take the
+//! prefix as an argument and derive every key from it, which is what lets the model spread over a cluster
+//! by giving each queue its own tag (ARCHITECTURE.md, "Ready for more than one shard").
 //!
 //! | Key | Type | Contents |
 //! |---|---|---|
@@ -13,7 +15,7 @@
 //! | `{ns}:q:<queue>:<p>` | LIST | queued task ids of priority `p` (0–9): LPUSH new, RPOP next, RPUSH to the front |
 //! | `{ns}:sched:<queue>` | ZSET | scheduled ids (eta or retry backoff), score = due epoch ms |
 //! | `{ns}:queues` | SET | queue names ever used, at most `max_queues` |
-//! | `{ns}:all` | STREAM | listing index: one entry per submit call, field `ids` = its task ids; trimmed past the result TTL and `max_finished` entries |
+//! | `{ns}:all` | STREAM | listing index: one entry per submit call and per [`INDEX_IDS_PER_ENTRY`](crate::INDEX_IDS_PER_ENTRY) of its tasks, field `ids` = their task ids; trimmed past the result TTL and `max_finished` entries |
 //! | `{ns}:done` | ZSET | terminal task ids, score = completed epoch ms; past the longest TTL or `max_finished` entries the oldest go, with their records |
 //! | `{ns}:dead` | ZSET | dead-letter index: failed ids, score = failed epoch ms, capped by count and age |
 //! | `{ns}:idem:<key>` | STRING | idempotency key → task id, with a TTL |

@@ -23,7 +23,10 @@ pub mod store;
 
 pub use error::StoreError;
 pub use model::*;
-pub use store::{Cursor, Heartbeat, HeartbeatMode, ListFilter, ListPage, QueueConfig, TaskStore};
+pub use store::{
+    Cursor, Heartbeat, HeartbeatMode, INDEX_IDS_PER_ENTRY, ListFilter, ListPage, QueueConfig,
+    TaskStore,
+};
 
 /// The queue REDLINE used, and the default.
 pub const DEFAULT_QUEUE: &str = "redline_tasks";

@@ -30,12 +30,13 @@ fn script(when_full: WhenFull, body: &str) -> Script {
     // The defaults records omit and the settings fall back to, defined once (in Rust) for Rust and Lua.
     let defaults = format!(
         "local DEFAULT_MAX_RETRIES = {}\nlocal DEFAULT_QUEUE = '{}'\nlocal DEFAULT_PRIORITY = '{}'\n\
-         local DEFAULT_MAX_FINISHED = {}\nlocal DEFAULT_MAX_QUEUES = {}\n",
+         local DEFAULT_MAX_FINISHED = {}\nlocal DEFAULT_MAX_QUEUES = {}\nlocal INDEX_IDS_PER_ENTRY = {}\n",
         redline_catalog::DEFAULT_MAX_RETRIES,
         crate::DEFAULT_QUEUE,
         crate::DEFAULT_PRIORITY,
         crate::store::DEFAULT_MAX_FINISHED,
         crate::store::DEFAULT_MAX_QUEUES,
+        crate::store::INDEX_IDS_PER_ENTRY,
     );
     Script::from_lua(format!("{flags}\n{defaults}{COMMON}\n{body}"))
 }

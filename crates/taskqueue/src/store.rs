@@ -42,6 +42,9 @@ pub struct QueueConfig {
 
 /// [`QueueConfig::max_finished`] by default: about 30 MB of finished no-op records.
 pub const DEFAULT_MAX_FINISHED: u64 = 100_000;
+/// Most task ids in one entry of the listing index: the index keeps at most `max_finished` entries, so at
+/// most this many times `max_finished` ids, however large the batches are.
+pub const INDEX_IDS_PER_ENTRY: u64 = 16;
 /// [`QueueConfig::max_queues`] by default.
 pub const DEFAULT_MAX_QUEUES: u64 = 1_000;
 

@@ -10,8 +10,11 @@
 //! - **lost**: an acknowledged submit whose task did not succeed;
 //! - **running without a lease**: a task Redis calls running under a worker whose lease has run out;
 //! - **concurrent**: two executions of one task that overlap in time;
-//! - **finished twice**: a task whose handler ran to its end more than once;
-//! - and, as a figure rather than a failure, **re-runs**: executions beyond the first of each task.
+//! - **finished twice**: a task whose handler ran to its end more than once, unless the worker of the
+//!   earlier run was killed after the handler returned and before the next run began (its outcome died with
+//!   the process: at-least-once delivery runs it again, and that is counted, not flagged);
+//! - and, as figures rather than failures, **re-runs** (executions beyond the first of each task) and
+//!   **outcomes lost to kills**.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -54,8 +57,11 @@ pub enum Entry {
         worker: String,
         /// Wall-clock microseconds.
         at_us: u64,
-        /// True when it ran to its end; false when it stopped on cancellation.
+        /// True when it ran to its end and succeeded; false when it stopped on cancellation or failed.
         finished: bool,
+        /// True when it failed on purpose (`fail_attempts`): the next execution is a retry, not a re-run.
+        #[serde(default)]
+        failed: bool,
     },
     /// A worker process was killed: its open executions ended at this instant.
     Killed {
@@ -177,8 +183,11 @@ pub struct Verdict {
     pub running_without_lease: Vec<String>,
     /// Tasks with two executions overlapping in time (with the two workers).
     pub concurrent: Vec<String>,
-    /// Tasks whose handler ran to its end more than once.
+    /// Tasks whose handler ran to its end more than once while the worker of the earlier run lived on.
     pub finished_twice: Vec<String>,
+    /// Tasks that ran to their end again because their worker was killed between the handler's return and
+    /// the next run, taking the unrecorded outcome with it.
+    pub outcomes_lost_to_kills: usize,
     /// Executions beyond the first of each task.
     pub reruns: usize,
     /// Executions in the journal.
@@ -241,6 +250,7 @@ fn judge(entries: &[Entry]) -> Verdict {
                 worker,
                 at_us,
                 finished,
+                ..
             } => {
                 if let Some(x) = by_task
                     .get_mut(task.as_str())
@@ -283,8 +293,20 @@ fn judge(entries: &[Entry]) -> Verdict {
                 }
             }
         }
-        if spans.iter().filter(|s| s.2.finished).count() > 1 {
-            verdict.finished_twice.push((*task).to_owned());
+        let mut finished: Vec<&(u64, u64, &Execution)> =
+            spans.iter().filter(|s| s.2.finished).collect();
+        finished.sort_by_key(|s| s.0);
+        for pair in finished.windows(2) {
+            let (earlier, later) = (pair[0], pair[1]);
+            let killed_in_between = kills
+                .get(earlier.2.worker.as_str())
+                .is_some_and(|k| k.iter().any(|&at| earlier.1 <= at && at <= later.0));
+            if killed_in_between {
+                verdict.outcomes_lost_to_kills += 1;
+            } else {
+                verdict.finished_twice.push((*task).to_owned());
+                break;
+            }
         }
     }
     verdict
@@ -297,6 +319,9 @@ pub struct JournalArgs {
     /// How long the handler works, in milliseconds (at most an hour).
     #[serde(default)]
     pub ms: u64,
+    /// How many of its first attempts fail (retryably) once their work is done, to exercise retries.
+    #[serde(default)]
+    pub fail_attempts: u32,
 }
 
 /// A test task type that writes its executions to a [`Journal`].
@@ -305,8 +330,8 @@ pub struct JournalTask;
 
 impl TaskType for JournalTask {
     const NAME: &'static str = "test.journal";
-    const DESCRIPTION: &'static str =
-        "Works for `ms` milliseconds, writing its start and end to the execution journal.";
+    const DESCRIPTION: &'static str = "Works for `ms` milliseconds, writing its start and end to the execution journal; its first \
+         `fail_attempts` attempts then fail retryably.";
     type Args = JournalArgs;
     type Output = ();
 }
@@ -347,19 +372,27 @@ impl TaskHandler for Journaled {
                 at_us: now_us(),
             });
             let work = Duration::from_millis(args.ms.min(3_600_000));
-            let finished = tokio::select! {
+            let worked = tokio::select! {
                 () = tokio::time::sleep(work) => true,
                 () = ctx.cancellation().cancelled() => false,
             };
+            let fails = worked && ctx.attempt <= args.fail_attempts;
+            let finished = worked && !fails;
             journal.record(&Entry::End {
                 task: ctx.task_id.clone(),
                 fence: ctx.fence(),
                 worker,
                 at_us: now_us(),
                 finished,
+                failed: fails,
             });
             if finished {
                 Ok(())
+            } else if fails {
+                Err(TaskError::Retryable(format!(
+                    "attempt {} fails as asked",
+                    ctx.attempt
+                )))
             } else {
                 Err(TaskError::Cancelled)
             }
@@ -389,6 +422,7 @@ mod tests {
             worker: worker.into(),
             at_us,
             finished,
+            failed: false,
         }
     }
 
@@ -405,6 +439,30 @@ mod tests {
             "{v:?}"
         );
         assert_eq!((v.executions, v.reruns), (2, 1));
+    }
+
+    #[test]
+    fn a_run_again_after_its_worker_was_killed_is_counted_not_flagged() {
+        let v = judge(&[
+            start("t", 1, "a", 10),
+            end("t", 1, "a", 20, true),
+            Entry::Killed {
+                worker: "a".into(),
+                at_us: 25,
+            },
+            start("t", 2, "b", 30),
+            end("t", 2, "b", 40, true),
+        ]);
+        assert!(v.finished_twice.is_empty(), "{v:?}");
+        assert_eq!(v.outcomes_lost_to_kills, 1);
+        // Without the kill, the same history finished twice.
+        let v = judge(&[
+            start("t", 1, "a", 10),
+            end("t", 1, "a", 20, true),
+            start("t", 2, "b", 30),
+            end("t", 2, "b", 40, true),
+        ]);
+        assert_eq!(v.finished_twice, vec!["t".to_owned()]);
     }
 
     #[test]

@@ -186,6 +186,46 @@ impl RedisServer {
         assert_eq!(self.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
     }
 
+    /// A planned failover to `replica`, as Sentinel's or an operator's switchover does it: this primary
+    /// pauses writes until the replica has every one of them (`FAILOVER`), then the two swap roles. Nothing
+    /// acknowledged is lost; writes sent here afterwards answer `READONLY`.
+    ///
+    /// # Panics
+    /// When the roles have not swapped in time.
+    pub fn hand_over(&self, replica: &RedisServer) {
+        let port = replica.port.to_string();
+        // FAILOVER needs the replica connected (it may still be resyncing after a restart of this server).
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "replica on port {port} is not connected"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            self.cli(&["FAILOVER", "TO", "127.0.0.1", &port, "TIMEOUT", "5000"]),
+            "OK"
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !(self.cli(&["ROLE"]).starts_with("slave")
+            && replica.cli(&["ROLE"]).starts_with("master")
+            && self
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the switchover from port {} to {port} did not complete",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sets `maxmemory` (such as `"1"` to refuse every write with `OOM`, or `"0"` for no limit).
     pub fn set_maxmemory(&self, value: &str) {
         assert_eq!(self.cli(&["CONFIG", "SET", "maxmemory", value]), "OK");

@@ -1,8 +1,8 @@
 -- submit: enqueue a batch of new tasks (a single submit is a batch of one).
 --
 -- KEYS[1] {ns}:queues  SET of known queue names
--- KEYS[2] {ns}:all     STREAM listing index: one entry per call, field `ids` = its task ids in submission
---                      order, space-separated
+-- KEYS[2] {ns}:all     STREAM listing index: one entry per call (per INDEX_IDS_PER_ENTRY of its tasks),
+--                      field `ids` = their task ids in submission order, space-separated
 -- ARGV[1] namespace prefix, ARGV[2] number of tasks, ARGV[3] default result ttl s, then 13 fields per task:
 --   id, task_name, args json ("" = []), kwargs json ("" = {}), queue, priority, max_retries ("" = default),
 --   time_limit ms ("" = default),
@@ -21,9 +21,11 @@
 --
 -- Why the index is a stream: it only needs "newest first, resumable". A sorted set paid a skiplist and a
 -- dictionary insert per task (a third of this script's time, 140 bytes per task); a stream entry holding the
--- whole batch as one string costs one append and the ids' own bytes. It ages out with the records it points
--- at (XADD MINID: the result TTL) and is capped at max_finished entries (XTRIM MAXLEN), both trimming
--- whole nodes.
+-- batch as one string costs one append and the ids' own bytes. It ages out with the records it points at
+-- (XTRIM MINID: the result TTL) and is capped at max_finished entries (XADD MAXLEN), both trimming whole
+-- nodes. A cap on entries bounds ids only if an entry's ids are bounded too, so a big batch is split into
+-- entries of at most INDEX_IDS_PER_ENTRY ids: the index holds at most that many times max_finished ids,
+-- and each entry's overhead is still spread over many tasks.
 --
 -- Why queues are capped: a queue is created by use, and each costs keys, counters and metric series for
 -- good, so client-chosen names must not add them without bound (max_queues, default 1,000).
@@ -116,8 +118,11 @@ for _, lkey in ipairs(push_order) do
   end
 end
 if #index > 0 then
-  redis.call('XADD', KEYS[2], 'MINID', '~', now - result_ttl * 1000, '*', 'ids', table.concat(index, ' '))
-  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', limit('max_finished', DEFAULT_MAX_FINISHED))
+  redis.call('XTRIM', KEYS[2], 'MINID', '~', now - result_ttl * 1000)
+  for s = 1, #index, INDEX_IDS_PER_ENTRY do
+    local chunk = table.concat(index, ' ', s, math.min(s + INDEX_IDS_PER_ENTRY - 1, #index))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', limit('max_finished', DEFAULT_MAX_FINISHED), '*', 'ids', chunk)
+  end
 end
 for q, _ in pairs(woken) do
   redis.call('SADD', KEYS[1], q)

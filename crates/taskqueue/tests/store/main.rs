@@ -1064,6 +1064,45 @@ async fn finished_records_beyond_the_cap_are_deleted_oldest_first() {
     assert_eq!(done, 5);
 }
 
+/// The listing index is bounded in ids, not only in entries: big batches are split into entries of at most
+/// INDEX_IDS_PER_ENTRY ids, so `max_finished` entries cannot hold millions of ids.
+#[tokio::test]
+async fn the_listing_index_is_bounded_in_ids_whatever_the_batch_size() {
+    let f = fixture_with(QueueConfig {
+        max_finished: 200,
+        ..Default::default()
+    })
+    .await;
+    f.store.publish_settings().await.unwrap();
+    for _ in 0..10 {
+        let batch: Vec<NewTask> = (0..1000)
+            .map(|_| NewTask::new("redline.noop", DEFAULT_QUEUE))
+            .collect();
+        f.store.submit(&batch).await.unwrap();
+    }
+    let entries: Vec<(String, Vec<String>)> = f
+        .store
+        .client()
+        .xrange(f.store.keys().all(), "-", "+", None)
+        .await
+        .unwrap();
+    let ids: usize = entries
+        .iter()
+        .map(|(_, fields)| fields[1].split(' ').count())
+        .sum();
+    // `~` trimming removes whole stream nodes (100 entries each), so up to one node more than the cap.
+    let most = (200 + 100) * INDEX_IDS_PER_ENTRY as usize;
+    assert!(ids <= most, "{ids} ids in {} entries", entries.len());
+    assert!(ids >= 200, "the newest tasks stay listed: {ids}");
+    // Still newest first and complete for what it keeps.
+    let page = f
+        .store
+        .list(&ListFilter::default(), 50, None)
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 50);
+}
+
 /// Queues are created by use; past the cap a new name is refused and nothing of that call is stored, while
 /// known queues keep working.
 #[tokio::test]
