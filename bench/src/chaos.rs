@@ -227,9 +227,10 @@ impl Run {
         Ok(())
     }
 
-    /// Applies one fault and waits for it to pass.
-    async fn inject(&mut self, fault: Fault, rng: &mut StdRng) -> anyhow::Result<()> {
+    /// Applies one fault and waits for it to pass; returns the worker it hit, if it hit only one.
+    async fn inject(&mut self, fault: Fault, rng: &mut StdRng) -> anyhow::Result<Option<String>> {
         let n = rng.random_range(0..self.workers.len());
+        let target = self.workers[n].id.clone();
         match fault {
             Fault::RedisStall => {
                 self.primary().pause();
@@ -265,9 +266,11 @@ impl Run {
                 }
             }
             Fault::Partition => {
+                let from = Journal::now_us();
                 self.workers[n].proxy.partition();
                 tokio::time::sleep(Duration::from_millis(rng.random_range(5_000..20_000))).await;
                 self.workers[n].proxy.heal();
+                self.journal.cut_off(&self.workers[n].id, from);
             }
             Fault::LostReplies => {
                 self.workers[n].proxy.lose_replies(true);
@@ -303,8 +306,22 @@ impl Run {
                 self.respawn(n).await?;
             }
         }
-        Ok(())
+        Ok(match fault {
+            Fault::Partition | Fault::LostReplies | Fault::WorkerKill | Fault::RollingRestart => {
+                Some(target)
+            }
+            Fault::RedisStall | Fault::RedisRestart | Fault::RedisFull | Fault::Failover => None,
+        })
     }
+}
+
+/// One injected fault: what, when (wall-clock microseconds, as in the journal), and the worker it hit when
+/// it hit only one.
+struct Window {
+    fault: Fault,
+    from: u64,
+    to: u64,
+    worker: Option<String>,
 }
 
 /// A store for the driver, on whatever its proxy reaches.
@@ -408,13 +425,13 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
         args.faults.clone()
     };
     let started = Instant::now();
-    let mut windows: Vec<(Fault, u64, u64)> = Vec::new();
+    let mut windows: Vec<Window> = Vec::new();
     while started.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_millis(rng.random_range(2_000..6_000))).await;
         let fault = faults[rng.random_range(0..faults.len())];
         let from = now_us();
         let at = started.elapsed();
-        run.inject(fault, &mut rng).await?;
+        let worker = run.inject(fault, &mut rng).await?;
         let to = now_us();
         println!(
             "  t+{:>6.1}s  {:<26} {:>5.1} s",
@@ -422,7 +439,12 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
             fault.name(),
             (to - from) as f64 / 1e6
         );
-        windows.push((fault, from, to));
+        windows.push(Window {
+            fault,
+            from,
+            to,
+            worker,
+        });
     }
     stop.cancel();
     let _ = submitter.await;
@@ -454,8 +476,8 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
         &refused.lock().unwrap_or_else(PoisonError::into_inner),
     );
     println!(
-        "{} outcomes lost with a killed worker, run again (at-least-once)",
-        verdict.outcomes_lost_to_kills
+        "outcomes lost with a killed worker {}, with a partitioned one {}: run again (at-least-once)",
+        verdict.outcomes_lost_to_kills, verdict.outcomes_lost_to_partitions
     );
     println!(
         "verdict   lost {}  running without a lease {}  concurrent {}  finished twice {}",
@@ -479,50 +501,85 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Prints injections and re-runs per fault type. A re-run is an execution that follows one which did not
-/// end in a deliberate failure (after which the next execution is a retry). It is put down to the first
-/// fault that was under way between the start of the execution it repeats and its own start: the one that
-/// interrupted it.
+/// end in a deliberate failure (after which the next execution is a retry). It is put down to the fault
+/// that interrupted the execution it repeats: the latest one that could reach it (Redis-wide, or aimed at
+/// its worker) and was under way between its start and the moment it stopped (its end, its worker's kill,
+/// or failing both, the re-run's start).
 fn report(
     entries: &[Entry],
-    windows: &[(Fault, u64, u64)],
+    windows: &[Window],
     acknowledged: usize,
     refused: &BTreeMap<String, u64>,
 ) {
-    // Per task, its executions by fence: start time and whether it failed on purpose.
-    let mut runs: BTreeMap<&str, BTreeMap<u64, (u64, bool)>> = BTreeMap::new();
+    /// One execution as the report needs it.
+    #[derive(Default)]
+    struct Run<'a> {
+        start: u64,
+        end: Option<u64>,
+        failed: bool,
+        worker: &'a str,
+    }
+    // Per task, its executions by fence; per worker, when it was killed.
+    let mut runs: BTreeMap<&str, BTreeMap<u64, Run<'_>>> = BTreeMap::new();
+    let mut kills: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for e in entries {
         match e {
             Entry::Start {
-                task, fence, at_us, ..
+                task,
+                fence,
+                at_us,
+                worker,
+                ..
             } => {
-                runs.entry(task).or_default().entry(*fence).or_default().0 = *at_us;
+                let run = runs.entry(task).or_default().entry(*fence).or_default();
+                run.start = *at_us;
+                run.worker = worker;
             }
             Entry::End {
                 task,
                 fence,
+                at_us,
                 failed,
                 ..
             } => {
-                runs.entry(task).or_default().entry(*fence).or_default().1 = *failed;
+                let run = runs.entry(task).or_default().entry(*fence).or_default();
+                run.end = Some(*at_us);
+                run.failed = *failed;
             }
-            Entry::Killed { .. } => {}
+            Entry::Killed { worker, at_us } => kills.entry(worker).or_default().push(*at_us),
+            Entry::CutOff { .. } => {}
         }
     }
     let mut reruns: BTreeMap<Option<Fault>, usize> = BTreeMap::new();
     let mut retries = 0;
     for executions in runs.values() {
         // Fences grow with every claim, so fence order is execution order.
-        let executions: Vec<&(u64, bool)> = executions.values().collect();
+        let executions: Vec<&Run<'_>> = executions.values().collect();
         for pair in executions.windows(2) {
-            let ((before, failed), (again, _)) = (*pair[0], *pair[1]);
-            if failed {
+            let (before, again) = (pair[0], pair[1]);
+            if before.failed {
                 retries += 1;
                 continue;
             }
+            let stopped = before
+                .end
+                .or_else(|| {
+                    kills.get(before.worker).and_then(|k| {
+                        k.iter()
+                            .copied()
+                            .find(|&at| at >= before.start && at <= again.start)
+                    })
+                })
+                .unwrap_or(again.start);
             let cause = windows
                 .iter()
-                .find(|(_, from, to)| *to >= before && *from <= again)
-                .map(|(f, _, _)| *f);
+                .rev()
+                .find(|w| {
+                    w.from <= stopped
+                        && w.to >= before.start
+                        && w.worker.as_deref().is_none_or(|hit| hit == before.worker)
+                })
+                .map(|w| w.fault);
             *reruns.entry(cause).or_default() += 1;
         }
     }
@@ -534,7 +591,7 @@ fn report(
     );
     println!("{:<26} {:>10} {:>8}", "fault", "injected", "re-runs");
     for f in Fault::ALL {
-        let injected = windows.iter().filter(|(w, _, _)| *w == f).count();
+        let injected = windows.iter().filter(|w| w.fault == f).count();
         println!(
             "{:<26} {:>10} {:>8}",
             f.name(),

@@ -4,17 +4,19 @@
 //! workers, so it is written down by the code that runs: the [`Journaled`] task type appends a line when an
 //! attempt starts and when it stops, with the task id, attempt, fence and worker, to a file every process of
 //! a test shares. Killing a worker process is written down too ([`Journal::killed`]), since a killed attempt
-//! cannot say that it stopped. [`Journal::check`] then reads the history and the store and reports, in the
+//! cannot say that it stopped, and so is cutting one off from Redis ([`Journal::cut_off`]). [`Journal::check`] then reads the history and the store and reports, in the
 //! manner of a Jepsen checker:
 //!
 //! - **lost**: an acknowledged submit whose task did not succeed;
 //! - **running without a lease**: a task Redis calls running under a worker whose lease has run out;
 //! - **concurrent**: two executions of one task that overlap in time;
-//! - **finished twice**: a task whose handler ran to its end more than once, unless the worker of the
-//!   earlier run was killed after the handler returned and before the next run began (its outcome died with
-//!   the process: at-least-once delivery runs it again, and that is counted, not flagged);
+//! - **finished twice**: a task whose handler ran to its end more than once, unless the outcome of the
+//!   earlier run could not reach Redis: its worker was killed after the handler returned and before the next
+//!   run began (the outcome died with the process), or the handler returned while its worker was cut off
+//!   from Redis (the outcome waited until the lease ran out). At-least-once delivery then runs the task
+//!   again, and that is counted, not flagged;
 //! - and, as figures rather than failures, **re-runs** (executions beyond the first of each task) and
-//!   **outcomes lost to kills**.
+//!   **outcomes lost** to kills and to partitions.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -70,7 +72,20 @@ pub enum Entry {
         /// Wall-clock microseconds.
         at_us: u64,
     },
+    /// A worker process could not reach Redis over this span.
+    CutOff {
+        /// The worker.
+        worker: String,
+        /// Wall-clock microseconds when it was cut off.
+        from_us: u64,
+        /// Wall-clock microseconds when it could reach Redis again.
+        to_us: u64,
+    },
 }
+
+/// How long before a cut-off an outcome may still be waiting to be sent: a worker records outcomes one batch
+/// at a time, and the batch in flight may take its whole command timeout (800 ms) to fail.
+const OUTCOME_IN_FLIGHT_US: u64 = 1_000_000;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -131,6 +146,20 @@ impl Journal {
         });
     }
 
+    /// Records that `worker` could not reach Redis from `from_us` until now.
+    pub fn cut_off(&self, worker: &str, from_us: u64) {
+        self.record(&Entry::CutOff {
+            worker: worker.to_owned(),
+            from_us,
+            to_us: now_us(),
+        });
+    }
+
+    /// Wall-clock microseconds now, as the journal writes them.
+    pub fn now_us() -> u64 {
+        now_us()
+    }
+
     /// Every entry so far, in file order.
     ///
     /// # Panics
@@ -188,6 +217,9 @@ pub struct Verdict {
     /// Tasks that ran to their end again because their worker was killed between the handler's return and
     /// the next run, taking the unrecorded outcome with it.
     pub outcomes_lost_to_kills: usize,
+    /// Tasks that ran to their end again because their handler returned while its worker was cut off from
+    /// Redis, so the outcome arrived after the lease had run out.
+    pub outcomes_lost_to_partitions: usize,
     /// Executions beyond the first of each task.
     pub reruns: usize,
     /// Executions in the journal.
@@ -225,6 +257,7 @@ struct Execution {
 fn judge(entries: &[Entry]) -> Verdict {
     let mut by_task: BTreeMap<&str, BTreeMap<(u64, &str), Execution>> = BTreeMap::new();
     let mut kills: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let mut cut_offs: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
     for e in entries {
         match e {
             Entry::Start {
@@ -261,6 +294,11 @@ fn judge(entries: &[Entry]) -> Verdict {
                 }
             }
             Entry::Killed { worker, at_us } => kills.entry(worker).or_default().push(*at_us),
+            Entry::CutOff {
+                worker,
+                from_us,
+                to_us,
+            } => cut_offs.entry(worker).or_default().push((*from_us, *to_us)),
         }
     }
     let mut verdict = Verdict::default();
@@ -301,8 +339,15 @@ fn judge(entries: &[Entry]) -> Verdict {
             let killed_in_between = kills
                 .get(earlier.2.worker.as_str())
                 .is_some_and(|k| k.iter().any(|&at| earlier.1 <= at && at <= later.0));
+            let returned_while_cut_off = cut_offs.get(earlier.2.worker.as_str()).is_some_and(|c| {
+                c.iter().any(|&(from, to)| {
+                    from.saturating_sub(OUTCOME_IN_FLIGHT_US) <= earlier.1 && earlier.1 <= to
+                })
+            });
             if killed_in_between {
                 verdict.outcomes_lost_to_kills += 1;
+            } else if returned_while_cut_off {
+                verdict.outcomes_lost_to_partitions += 1;
             } else {
                 verdict.finished_twice.push((*task).to_owned());
                 break;
@@ -461,6 +506,45 @@ mod tests {
             end("t", 1, "a", 20, true),
             start("t", 2, "b", 30),
             end("t", 2, "b", 40, true),
+        ]);
+        assert_eq!(v.finished_twice, vec!["t".to_owned()]);
+    }
+
+    #[test]
+    fn a_run_again_after_its_outcome_was_cut_off_is_counted_not_flagged() {
+        let history = |from_us, to_us| {
+            judge(&[
+                start("t", 1, "a", 10_000_000),
+                end("t", 1, "a", 20_000_000, true),
+                Entry::CutOff {
+                    worker: "a".into(),
+                    from_us,
+                    to_us,
+                },
+                start("t", 2, "b", 40_000_000),
+                end("t", 2, "b", 41_000_000, true),
+            ])
+        };
+        // The handler returned during the cut-off, or just before it with its outcome still queued.
+        for (from, to) in [(15_000_000, 35_000_000), (20_500_000, 35_000_000)] {
+            let v = history(from, to);
+            assert!(v.finished_twice.is_empty(), "{v:?}");
+            assert_eq!(v.outcomes_lost_to_partitions, 1);
+        }
+        // A cut-off long after the handler returned did not stop its outcome: finished twice.
+        let v = history(25_000_000, 35_000_000);
+        assert_eq!(v.finished_twice, vec!["t".to_owned()]);
+        // Nor did one of another worker's.
+        let v = judge(&[
+            start("t", 1, "a", 10_000_000),
+            end("t", 1, "a", 20_000_000, true),
+            Entry::CutOff {
+                worker: "c".into(),
+                from_us: 15_000_000,
+                to_us: 35_000_000,
+            },
+            start("t", 2, "b", 40_000_000),
+            end("t", 2, "b", 41_000_000, true),
         ]);
         assert_eq!(v.finished_twice, vec!["t".to_owned()]);
     }
