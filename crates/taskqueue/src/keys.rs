@@ -15,7 +15,8 @@
 //! | `{ns}:q:<queue>:<p>` | LIST | queued task ids of priority `p` (0–9): LPUSH new, RPOP next, RPUSH to the front |
 //! | `{ns}:sched:<queue>` | ZSET | scheduled ids (eta or retry backoff), score = due epoch ms |
 //! | `{ns}:queues` | SET | queue names ever used, at most `max_queues` |
-//! | `{ns}:all` | STREAM | listing index: one entry per submit call and per [`INDEX_IDS_PER_ENTRY`](crate::INDEX_IDS_PER_ENTRY) of its tasks, field `ids` = their task ids; trimmed past the result TTL and `max_finished` entries |
+//! | `{ns}:all` | STREAM | listing index: one entry per submit call and per [`INDEX_IDS_PER_ENTRY`](crate::INDEX_IDS_PER_ENTRY) of its tasks, field `ids` = their task ids; trimmed past the result TTL and 2 × `max_finished` ids |
+//! | `{ns}:all:n` | STRING | how many ids `{ns}:all` holds, kept by the submit script that trims it |
 //! | `{ns}:done` | ZSET | terminal task ids, score = completed epoch ms; past the longest TTL or `max_finished` entries the oldest go, with their records |
 //! | `{ns}:dead` | ZSET | dead-letter index: failed ids, score = failed epoch ms, capped by count and age |
 //! | `{ns}:idem:<key>` | STRING | idempotency key → task id, with a TTL |
@@ -93,6 +94,11 @@ impl Keys {
     /// The listing index: a stream of submitted ids, newest last.
     pub fn all(&self) -> String {
         format!("{}:all", self.ns)
+    }
+
+    /// How many ids the listing index holds.
+    pub fn all_count(&self) -> String {
+        format!("{}:all:n", self.ns)
     }
 
     /// Terminal tasks by completion time.

@@ -42,8 +42,8 @@ pub struct QueueConfig {
 
 /// [`QueueConfig::max_finished`] by default: about 30 MB of finished no-op records.
 pub const DEFAULT_MAX_FINISHED: u64 = 100_000;
-/// Most task ids in one entry of the listing index: the index keeps at most `max_finished` entries, so at
-/// most this many times `max_finished` ids, however large the batches are.
+/// Most task ids in one entry of the listing index, so that the oldest entries it drops to stay within
+/// 2 × `max_finished` ids are small to read, and a listing page does not fetch a whole batch for one task.
 pub const INDEX_IDS_PER_ENTRY: u64 = 16;
 /// [`QueueConfig::max_queues`] by default.
 pub const DEFAULT_MAX_QUEUES: u64 = 1_000;
@@ -212,7 +212,7 @@ impl TaskStore {
             args.push(self.config.idempotency_ttl.as_secs().max(1).to_string());
             args.push(t.traceparent.clone().unwrap_or_default());
         }
-        let keys = vec![self.keys.queues(), self.keys.all()];
+        let keys = vec![self.keys.queues(), self.keys.all(), self.keys.all_count()];
         let reply = self.eval(&self.scripts.submit, keys, args).await?;
         let flat = reply.into_array();
         if flat.len() != tasks.len() * 3 {

@@ -3,6 +3,7 @@
 -- KEYS[1] {ns}:queues  SET of known queue names
 -- KEYS[2] {ns}:all     STREAM listing index: one entry per call (per INDEX_IDS_PER_ENTRY of its tasks),
 --                      field `ids` = their task ids in submission order, space-separated
+-- KEYS[3] {ns}:all:n   STRING how many ids the listing index holds
 -- ARGV[1] namespace prefix, ARGV[2] number of tasks, ARGV[3] default result ttl s, then 13 fields per task:
 --   id, task_name, args json ("" = []), kwargs json ("" = {}), queue, priority, max_retries ("" = default),
 --   time_limit ms ("" = default),
@@ -21,11 +22,15 @@
 --
 -- Why the index is a stream: it only needs "newest first, resumable". A sorted set paid a skiplist and a
 -- dictionary insert per task (a third of this script's time, 140 bytes per task); a stream entry holding the
--- batch as one string costs one append and the ids' own bytes. It ages out with the records it points at
--- (XTRIM MINID: the result TTL) and is capped at max_finished entries (XADD MAXLEN), both trimming whole
--- nodes. A cap on entries bounds ids only if an entry's ids are bounded too, so a big batch is split into
--- entries of at most INDEX_IDS_PER_ENTRY ids: the index holds at most that many times max_finished ids,
--- and each entry's overhead is still spread over many tasks.
+-- batch as one string costs one append and the ids' own bytes (a big batch is split into entries of at most
+-- INDEX_IDS_PER_ENTRY ids, so one entry stays small to read and to drop).
+--
+-- Why it is trimmed here, by ids: its memory is the ids it holds, and a cap on entries (XADD MAXLEN) would
+-- let 100,000 entries of batched submits hold 1.6 million. So the call keeps a count of the ids held and
+-- drops the oldest entries while the count is over 2 × max_finished (room for every finished record kept
+-- and as many queued or running tasks again), and entries older than the result TTL (their records have
+-- expired). Each call drops a bounded number of entries, a few more than it adds, so a lowered cap or a
+-- day-old backlog is caught up over later calls instead of in one long script.
 --
 -- Why queues are capped: a queue is created by use, and each costs keys, counters and metric series for
 -- good, so client-chosen names must not add them without bound (max_queues, default 1,000).
@@ -118,11 +123,42 @@ for _, lkey in ipairs(push_order) do
   end
 end
 if #index > 0 then
-  redis.call('XTRIM', KEYS[2], 'MINID', '~', now - result_ttl * 1000)
+  -- A missing count (or one left behind by a deleted stream) restarts from what the stream holds, counting
+  -- one id per entry: under rather than over, so it never trims what it should keep.
+  local held = 0
+  local len = redis.call('XLEN', KEYS[2])
+  if len > 0 then held = tonumber(redis.call('GET', KEYS[3])) or len end
+  local added = 0
   for s = 1, #index, INDEX_IDS_PER_ENTRY do
     local chunk = table.concat(index, ' ', s, math.min(s + INDEX_IDS_PER_ENTRY - 1, #index))
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', limit('max_finished', DEFAULT_MAX_FINISHED), '*', 'ids', chunk)
+    redis.call('XADD', KEYS[2], '*', 'ids', chunk)
+    added = added + 1
   end
+  held = held + #index
+  local max_ids = 2 * limit('max_finished', DEFAULT_MAX_FINISHED)
+  local budget = 2 * added + 8
+  local gone = {}
+  local function drop(entry)
+    gone[#gone + 1] = entry[1]
+    local _, spaces = string.gsub(entry[2][2], ' ', '')
+    held = held - spaces - 1
+  end
+  -- Entries older than the result TTL (an id of milliseconds only ends at that millisecond's last entry).
+  for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', now - result_ttl * 1000 - 1, 'COUNT', budget)) do
+    drop(e)
+  end
+  -- Then the oldest while over the cap; each entry holds at least one id, so `excess` entries are enough.
+  local excess = held - max_ids
+  if excess > 0 and #gone < budget then
+    local from = '-'
+    if #gone > 0 then from = '(' .. gone[#gone] end
+    for _, e in ipairs(redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', math.min(excess, budget - #gone))) do
+      if held <= max_ids then break end
+      drop(e)
+    end
+  end
+  if #gone > 0 then redis.call('XDEL', KEYS[2], unpack(gone)) end
+  redis.call('SET', KEYS[3], math.max(held, 0))
 end
 for q, _ in pairs(woken) do
   redis.call('SADD', KEYS[1], q)
