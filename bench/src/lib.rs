@@ -2,7 +2,8 @@
 //! on the same machine (`redis-benchmark` on the same Redis, pyarrow and polars on the same file, direct gRPC
 //! beside REST), because the machines they run on are shared and only ratios survive the noise.
 //!
-//! - [`tasks`]: enqueue, drain, latency and Redis memory per task, against `redis-benchmark` LPUSH;
+//! - [`tasks`]: enqueue, drain, latency and Redis memory per task, against `redis-benchmark` LPUSH and,
+//!   with `--peers`, BullMQ ([`peers`]);
 //! - [`ratelimit`]: decisions per algorithm, unary and streamed, Envoy's RPC, against `redis-benchmark` EVALSHA;
 //! - [`convert`]: CSV → Parquet and other conversions against pyarrow and polars;
 //! - [`gateway`]: REST `POST /tasks/submit` against direct gRPC, both rate limited;
@@ -16,6 +17,7 @@ pub mod chaos;
 pub mod convert;
 pub mod gateway;
 pub mod memory;
+pub mod peers;
 pub mod ratelimit;
 pub mod tasks;
 

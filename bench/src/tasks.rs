@@ -9,6 +9,9 @@
 //! - latency: submit → start at 1,000 tasks/s offered (times from the Redis clock, in µs), and the
 //!   submit → result round trip through WatchTask.
 //!
+//! With `--peers bullmq`, BullMQ is measured after each figure with the same definitions on a fresh private
+//! Redis of the same kind ([`crate::peers`]), and redline's ratio to it is printed.
+//!
 //! Each throughput figure is the median of several runs. Run it on a release build:
 //! `cargo run --release -p redline -- bench tasks`.
 
@@ -17,6 +20,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::peers::{self, Bullmq, Peer};
 use anyhow::{Context, bail};
 use clap::Args;
 use fred::prelude::*;
@@ -54,6 +58,12 @@ pub struct TaskBenchArgs {
     /// Redis persists nothing).
     #[arg(long, value_parser = ["always", "everysec", "no"])]
     pub appendfsync: Option<String>,
+    /// Peers to measure beside redline in the same run, comma-separated (each on a fresh private Redis).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub peers: Vec<Peer>,
+    /// Scratch directory for the peers' packages (installed there on first use).
+    #[arg(long, default_value = "/var/tmp/redline-bench-peers")]
+    pub peers_dir: PathBuf,
 }
 
 struct Services {
@@ -132,6 +142,12 @@ pub async fn run(args: TaskBenchArgs, server: PathBuf) -> anyhow::Result<()> {
     redis_client.wait_for_connect().await?;
     let store = TaskStore::new(redis_client.clone(), QueueConfig::default());
 
+    let bullmq = if args.peers.contains(&Peer::Bullmq) {
+        Bullmq::prepare(&args.peers_dir, args.appendfsync.clone()).await?
+    } else {
+        None
+    };
+
     // 1. Enqueue, single task per RPC, 64 in flight.
     let mut rates = Vec::new();
     for _ in 0..args.runs {
@@ -144,6 +160,18 @@ pub async fn run(args: TaskBenchArgs, server: PathBuf) -> anyhow::Result<()> {
         single,
         single / lpush
     );
+    if let Some(b) = &bullmq {
+        let peer = b
+            .figure(args.runs, "single", &[args.single], "rate")
+            .await?;
+        peers::line(
+            "BullMQ queue.add, 64 in flight",
+            peer,
+            "jobs/s",
+            single,
+            true,
+        );
+    }
 
     // 2. Enqueue, batches of 100.
     let mut rates = Vec::new();
@@ -157,6 +185,16 @@ pub async fn run(args: TaskBenchArgs, server: PathBuf) -> anyhow::Result<()> {
         batched,
         batched / lpush
     );
+    if let Some(b) = &bullmq {
+        let peer = b.figure(args.runs, "bulk", &[args.batched], "rate").await?;
+        peers::line(
+            "BullMQ addBulk of 100, 4 in flight",
+            peer,
+            "jobs/s",
+            batched,
+            true,
+        );
+    }
 
     // 3. Memory per queued no-op task.
     flush(&redis_client).await?;
@@ -166,8 +204,12 @@ pub async fn run(args: TaskBenchArgs, server: PathBuf) -> anyhow::Result<()> {
     let after = used_memory(&redis_client).await?;
     let per_task = (after.saturating_sub(before)) as f64 / n as f64;
     println!(
-        "memory     per queued redline.noop task ..................... {per_task:>9.0} bytes    (target ≤ 195, BullMQ's on this machine)"
+        "memory     per queued redline.noop task ..................... {per_task:>9.1} bytes    (target ≤ 195, BullMQ's on this machine)"
     );
+    if let Some(b) = &bullmq {
+        let peer = b.figure(1, "memory", &[n], "bytes").await?;
+        peers::line("BullMQ per queued job", peer, "bytes", per_task, false);
+    }
 
     // 4. Drain 100,000 queued no-op tasks with 2 worker processes.
     let mut rates = Vec::new();
@@ -198,6 +240,17 @@ pub async fn run(args: TaskBenchArgs, server: PathBuf) -> anyhow::Result<()> {
         drain,
         drain / lpush
     );
+    if let Some(b) = &bullmq {
+        let peer = b
+            .figure(
+                args.runs,
+                "drain",
+                &[args.drain, args.drain_concurrency],
+                "rate",
+            )
+            .await?;
+        peers::line("BullMQ, 2 worker processes", peer, "jobs/s", drain, true);
+    }
 
     // 5. Latency at 1,000 tasks/s offered, with two idle workers at default concurrency.
     flush(&redis_client).await?;
@@ -257,6 +310,24 @@ pub async fn run(args: TaskBenchArgs, server: PathBuf) -> anyhow::Result<()> {
         round_trip.value_at_quantile(0.99) as f64 / 1000.0
     );
     services.stop_workers().await;
+    if let Some(b) = &bullmq {
+        let (p50, p99) = b.round_trip(1000).await?;
+        let ours = |q| round_trip.value_at_quantile(q) as f64 / 1000.0;
+        peers::line(
+            "BullMQ add → waitUntilFinished, p50",
+            p50,
+            "ms",
+            ours(0.5),
+            false,
+        );
+        peers::line(
+            "BullMQ add → waitUntilFinished, p99",
+            p99,
+            "ms",
+            ours(0.99),
+            false,
+        );
+    }
     Ok(())
 }
 
