@@ -16,14 +16,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redline_runtime::config::parse_duration;
-use redline_taskqueue::{DEFAULT_QUEUE, NewTask, TaskState, TaskStore};
-use redline_testkit::{Entry, FaultProxy, Journal, Journaled, RedisServer};
+use redline_taskqueue::{DEFAULT_QUEUE, NewTask, TaskState};
+use redline_testkit::{FaultProxy, History, Journal, Journaled, RedisServer};
 use tokio::process::{Child, Command};
 
 /// Flags of `redline bench chaos`.
@@ -166,13 +166,6 @@ struct Run {
     primary: usize,
     driver: FaultProxy,
     workers: Vec<WorkerProc>,
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 impl Run {
@@ -324,11 +317,6 @@ struct Window {
     worker: Option<String>,
 }
 
-/// A store for the driver, on whatever its proxy reaches.
-async fn driver_store(url: &str, lease: Duration) -> TaskStore {
-    redline_testkit::task_store(url, lease).await
-}
-
 /// Runs the soak and prints its verdict; fails when the history is not clean.
 pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| rand::rng().random());
@@ -363,7 +351,7 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
     for n in 0..args.workers.max(1) {
         run.add_worker(n).await?;
     }
-    let store = driver_store(&run.driver.url(), args.lease).await;
+    let store = redline_testkit::task_store(&run.driver.url(), args.lease).await;
 
     // The submitter: TaskService's part, straight to the store, at a steady rate.
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -429,10 +417,10 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
     while started.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_millis(rng.random_range(2_000..6_000))).await;
         let fault = faults[rng.random_range(0..faults.len())];
-        let from = now_us();
+        let from = Journal::now_us();
         let at = started.elapsed();
         let worker = run.inject(fault, &mut rng).await?;
-        let to = now_us();
+        let to = Journal::now_us();
         println!(
             "  t+{:>6.1}s  {:<26} {:>5.1} s",
             at.as_secs_f64(),
@@ -454,14 +442,18 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let store = driver_store(&run.driver.url(), args.lease).await;
+    let store = redline_testkit::task_store(&run.driver.url(), args.lease).await;
     let settle = Instant::now();
     loop {
         let mut open = 0;
-        for id in &acknowledged {
-            if store.get(id).await.ok().flatten().map(|r| r.state) != Some(TaskState::Succeeded) {
-                open += 1;
-            }
+        for ids in acknowledged.chunks(1000) {
+            open += match store.get_many(ids).await {
+                Ok(records) => records
+                    .iter()
+                    .filter(|r| r.as_ref().map(|r| r.state) != Some(TaskState::Succeeded))
+                    .count(),
+                Err(_) => ids.len(),
+            };
         }
         if open == 0 || settle.elapsed() > Duration::from_secs(180) {
             break;
@@ -470,7 +462,7 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
     }
     let verdict = journal.check(&acknowledged, &store).await;
     report(
-        &journal.entries(),
+        &journal.history(),
         &windows,
         acknowledged.len(),
         &refused.lock().unwrap_or_else(PoisonError::into_inner),
@@ -506,70 +498,23 @@ pub async fn run(args: ChaosArgs, redline: PathBuf) -> anyhow::Result<()> {
 /// its worker) and was under way between its start and the moment it stopped (its end, its worker's kill,
 /// or failing both, the re-run's start).
 fn report(
-    entries: &[Entry],
+    history: &History,
     windows: &[Window],
     acknowledged: usize,
     refused: &BTreeMap<String, u64>,
 ) {
-    /// One execution as the report needs it.
-    #[derive(Default)]
-    struct Run<'a> {
-        start: u64,
-        end: Option<u64>,
-        failed: bool,
-        worker: &'a str,
-    }
-    // Per task, its executions by fence; per worker, when it was killed.
-    let mut runs: BTreeMap<&str, BTreeMap<u64, Run<'_>>> = BTreeMap::new();
-    let mut kills: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for e in entries {
-        match e {
-            Entry::Start {
-                task,
-                fence,
-                at_us,
-                worker,
-                ..
-            } => {
-                let run = runs.entry(task).or_default().entry(*fence).or_default();
-                run.start = *at_us;
-                run.worker = worker;
-            }
-            Entry::End {
-                task,
-                fence,
-                at_us,
-                failed,
-                ..
-            } => {
-                let run = runs.entry(task).or_default().entry(*fence).or_default();
-                run.end = Some(*at_us);
-                run.failed = *failed;
-            }
-            Entry::Killed { worker, at_us } => kills.entry(worker).or_default().push(*at_us),
-            Entry::CutOff { .. } => {}
-        }
-    }
     let mut reruns: BTreeMap<Option<Fault>, usize> = BTreeMap::new();
     let mut retries = 0;
-    for executions in runs.values() {
-        // Fences grow with every claim, so fence order is execution order.
-        let executions: Vec<&Run<'_>> = executions.values().collect();
+    for executions in history.executions.values() {
         for pair in executions.windows(2) {
-            let (before, again) = (pair[0], pair[1]);
+            let (before, again) = (&pair[0], &pair[1]);
             if before.failed {
                 retries += 1;
                 continue;
             }
             let stopped = before
-                .end
-                .or_else(|| {
-                    kills.get(before.worker).and_then(|k| {
-                        k.iter()
-                            .copied()
-                            .find(|&at| at >= before.start && at <= again.start)
-                    })
-                })
+                .stop
+                .filter(|&at| at <= again.start)
                 .unwrap_or(again.start);
             let cause = windows
                 .iter()
@@ -583,7 +528,7 @@ fn report(
             *reruns.entry(cause).or_default() += 1;
         }
     }
-    let executions: usize = runs.values().map(BTreeMap::len).sum();
+    let executions: usize = history.executions.values().map(Vec::len).sum();
     println!(
         "tasks     {acknowledged} acknowledged, {} refused ({refused:?}), {executions} executions, \
          {retries} retries after a deliberate failure",

@@ -239,7 +239,8 @@ impl TaskStore {
         Ok(TaskRecord::from_fields(id, &fields))
     }
 
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<TaskRecord>>, StoreError> {
+    /// The records of `ids`, in order, read in one pipeline.
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<TaskRecord>>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -160,6 +160,11 @@ impl Journal {
         now_us()
     }
 
+    /// The history so far.
+    pub fn history(&self) -> History {
+        History::new(&self.entries())
+    }
+
     /// Every entry so far, in file order.
     ///
     /// # Panics
@@ -186,8 +191,12 @@ impl Journal {
             .into_iter()
             .map(|w| w.id)
             .collect();
-        for id in acknowledged {
-            match store.get(id).await.expect("a task record") {
+        let mut records = Vec::with_capacity(acknowledged.len());
+        for ids in acknowledged.chunks(1000) {
+            records.extend(store.get_many(ids).await.expect("task records"));
+        }
+        for (id, record) in acknowledged.iter().zip(records) {
+            match record {
                 Some(r) if r.state == TaskState::Succeeded => {}
                 Some(r) if r.state == TaskState::Running => {
                     if !r.worker_id.as_ref().is_some_and(|w| live.contains(w)) {
@@ -244,77 +253,131 @@ impl Verdict {
     }
 }
 
-/// One execution: when it started and, if known, when it ended.
-#[derive(Debug)]
-struct Execution {
-    worker: String,
-    start: u64,
-    end: Option<u64>,
-    finished: bool,
+/// One execution of a task, as the journal shows it.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// The worker that ran it.
+    pub worker: String,
+    /// Its fence (fences grow with every claim, so fence order is execution order).
+    pub fence: u64,
+    /// When it started (wall-clock microseconds).
+    pub start: u64,
+    /// When it stopped: its end, or else the kill of its process; `None` when neither was written.
+    pub stop: Option<u64>,
+    /// It ran to its end and succeeded.
+    pub finished: bool,
+    /// It failed on purpose, so the next execution is a retry.
+    pub failed: bool,
+}
+
+/// A journal read back: every task's executions in fence order, and when each worker was killed or cut off.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Executions per task id, in fence order.
+    pub executions: BTreeMap<String, Vec<Execution>>,
+    kills: BTreeMap<String, Vec<u64>>,
+    cut_offs: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+impl History {
+    /// Pairs each start with its end, and ends an execution that never said so at its process's kill.
+    pub fn new(entries: &[Entry]) -> Self {
+        let mut by_task: BTreeMap<&str, BTreeMap<(u64, &str), Execution>> = BTreeMap::new();
+        let mut history = Self::default();
+        for e in entries {
+            match e {
+                Entry::Start {
+                    task,
+                    fence,
+                    worker,
+                    at_us,
+                    ..
+                } => {
+                    by_task.entry(task).or_default().insert(
+                        (*fence, worker),
+                        Execution {
+                            worker: worker.clone(),
+                            fence: *fence,
+                            start: *at_us,
+                            stop: None,
+                            finished: false,
+                            failed: false,
+                        },
+                    );
+                }
+                Entry::End {
+                    task,
+                    fence,
+                    worker,
+                    at_us,
+                    finished,
+                    failed,
+                } => {
+                    if let Some(x) = by_task
+                        .get_mut(task.as_str())
+                        .and_then(|t| t.get_mut(&(*fence, worker.as_str())))
+                    {
+                        x.stop = Some(*at_us);
+                        x.finished = *finished;
+                        x.failed = *failed;
+                    }
+                }
+                Entry::Killed { worker, at_us } => history
+                    .kills
+                    .entry(worker.clone())
+                    .or_default()
+                    .push(*at_us),
+                Entry::CutOff {
+                    worker,
+                    from_us,
+                    to_us,
+                } => history
+                    .cut_offs
+                    .entry(worker.clone())
+                    .or_default()
+                    .push((*from_us, *to_us)),
+            }
+        }
+        for (task, executions) in by_task {
+            let executions = executions
+                .into_values()
+                .map(|mut x| {
+                    if x.stop.is_none() {
+                        x.stop = history.killed_after(&x.worker, x.start);
+                    }
+                    x
+                })
+                .collect();
+            history.executions.insert(task.to_owned(), executions);
+        }
+        history
+    }
+
+    /// The first kill of `worker` at or after `at`.
+    fn killed_after(&self, worker: &str, at: u64) -> Option<u64> {
+        self.kills
+            .get(worker)
+            .and_then(|k| k.iter().copied().find(|&k| k >= at))
+    }
+
+    /// Whether `worker` was cut off from Redis at `at`, or within an outcome's flight time before.
+    fn cut_off_at(&self, worker: &str, at: u64) -> bool {
+        self.cut_offs.get(worker).is_some_and(|c| {
+            c.iter()
+                .any(|&(from, to)| from.saturating_sub(OUTCOME_IN_FLIGHT_US) <= at && at <= to)
+        })
+    }
 }
 
 /// The journal-only part of the verdict.
 fn judge(entries: &[Entry]) -> Verdict {
-    let mut by_task: BTreeMap<&str, BTreeMap<(u64, &str), Execution>> = BTreeMap::new();
-    let mut kills: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    let mut cut_offs: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
-    for e in entries {
-        match e {
-            Entry::Start {
-                task,
-                fence,
-                worker,
-                at_us,
-                ..
-            } => {
-                by_task.entry(task).or_default().insert(
-                    (*fence, worker),
-                    Execution {
-                        worker: worker.clone(),
-                        start: *at_us,
-                        end: None,
-                        finished: false,
-                    },
-                );
-            }
-            Entry::End {
-                task,
-                fence,
-                worker,
-                at_us,
-                finished,
-                ..
-            } => {
-                if let Some(x) = by_task
-                    .get_mut(task.as_str())
-                    .and_then(|t| t.get_mut(&(*fence, worker.as_str())))
-                {
-                    x.end = Some(*at_us);
-                    x.finished = *finished;
-                }
-            }
-            Entry::Killed { worker, at_us } => kills.entry(worker).or_default().push(*at_us),
-            Entry::CutOff {
-                worker,
-                from_us,
-                to_us,
-            } => cut_offs.entry(worker).or_default().push((*from_us, *to_us)),
-        }
-    }
+    let history = History::new(entries);
     let mut verdict = Verdict::default();
-    for (task, executions) in &by_task {
+    for (task, executions) in &history.executions {
+        // An execution with no known stop may still be running.
         let spans: Vec<(u64, u64, &Execution)> = executions
-            .values()
-            .map(|x| {
-                // An execution that never said it ended stopped when its process was killed, if it was.
-                let end = x.end.unwrap_or_else(|| {
-                    kills
-                        .get(x.worker.as_str())
-                        .and_then(|k| k.iter().copied().find(|&k| k >= x.start))
-                        .unwrap_or(u64::MAX)
-                });
-                (x.start, end, x)
-            })
+            .iter()
+            .map(|x| (x.start, x.stop.unwrap_or(u64::MAX), x))
             .collect();
         verdict.executions += spans.len();
         verdict.reruns += spans.len().saturating_sub(1);
@@ -336,20 +399,15 @@ fn judge(entries: &[Entry]) -> Verdict {
         finished.sort_by_key(|s| s.0);
         for pair in finished.windows(2) {
             let (earlier, later) = (pair[0], pair[1]);
-            let killed_in_between = kills
-                .get(earlier.2.worker.as_str())
-                .is_some_and(|k| k.iter().any(|&at| earlier.1 <= at && at <= later.0));
-            let returned_while_cut_off = cut_offs.get(earlier.2.worker.as_str()).is_some_and(|c| {
-                c.iter().any(|&(from, to)| {
-                    from.saturating_sub(OUTCOME_IN_FLIGHT_US) <= earlier.1 && earlier.1 <= to
-                })
-            });
+            let killed_in_between = history
+                .killed_after(&earlier.2.worker, earlier.1)
+                .is_some_and(|at| at <= later.0);
             if killed_in_between {
                 verdict.outcomes_lost_to_kills += 1;
-            } else if returned_while_cut_off {
+            } else if history.cut_off_at(&earlier.2.worker, earlier.1) {
                 verdict.outcomes_lost_to_partitions += 1;
             } else {
-                verdict.finished_twice.push((*task).to_owned());
+                verdict.finished_twice.push(task.clone());
                 break;
             }
         }

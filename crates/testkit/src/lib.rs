@@ -20,7 +20,9 @@ mod suite;
 
 pub use fault::FaultProxy;
 pub use http::raw_get;
-pub use journal::{Entry, Journal, JournalArgs, JournalTask, Journaled, Verdict};
+pub use journal::{
+    Entry, Execution, History, Journal, JournalArgs, JournalTask, Journaled, Verdict,
+};
 pub use poll::{PATIENCE, eventually};
 pub use redis::{RedisCluster, RedisServer, RedisServerBuilder};
 pub use suite::{Reply, Suite, SuiteBuilder};
